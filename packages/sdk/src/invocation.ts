@@ -1,0 +1,318 @@
+import { createHash } from "node:crypto";
+import { create, type DescMessage, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
+import { Code } from "@connectrpc/connect";
+import { formatToken } from "./cancellation-token.js";
+import type { BaseContext, CancellationToken, Logger, SendOptions } from "./context.js";
+import { type Address, type AnyFunctionType, formatAddress, type HandlerInfo, keyOf } from "./function-type.js";
+import { type CallResult, CallResultSchema, type Reply, ReplySchema } from "./gen/shoal/v1/storage_pb.js";
+import { ShoalError } from "./shoal-error.js";
+
+/** A call a handler made that has no result in the journal yet. */
+export interface OutgoingCall {
+  /** `invocationId/n`. */
+  readonly callId: string;
+  readonly target: Address;
+  readonly handler: string;
+  readonly payload: Uint8Array;
+  readonly requestHash: Uint8Array;
+  /** Whether the target handler is shared (no cycle on a locked instance). */
+  readonly shared: boolean;
+}
+
+/** A one-way message a handler sent; delivered only if the invocation commits. */
+export interface OutgoingSend {
+  /** Deterministic: `invocationId:sN`. */
+  readonly id: string;
+  readonly target: Address;
+  readonly handler: string;
+  readonly payload: Uint8Array;
+  /** Milliseconds after the commit; 0 for now. */
+  readonly delayMs: number;
+}
+
+export interface OutgoingEgress {
+  readonly egress: string;
+  readonly typeName: string;
+  readonly payload: Uint8Array;
+  /** Deterministic: `invocationId:eN`. */
+  readonly id: string;
+}
+
+export type StateChange =
+  | { readonly kind: "keep" }
+  | { readonly kind: "write"; readonly bytes: Uint8Array }
+  | { readonly kind: "clear" };
+
+/** What a finished invocation commits. */
+export interface InvocationEffects {
+  readonly state: StateChange;
+  readonly sends: readonly OutgoingSend[];
+  /** Cancellation tokens of delayed messages. */
+  readonly cancels: readonly CancellationToken[];
+  readonly egress: readonly OutgoingEgress[];
+}
+
+/**
+ * The outcome of running a handler once.
+ * - `done`: it returned or threw a ShoalError; `reply` goes to the caller and
+ *   `effects` commit (no effects with an error reply).
+ * - `suspended`: it awaits calls the invoker chose not to run inline (remote
+ *   functions); re-run it with their results in the journal.
+ * - `retry`: it threw something else; run it again later with the same journal.
+ */
+export type InvocationOutcome =
+  | { readonly status: "done"; readonly reply: Reply; readonly effects: InvocationEffects; readonly journal: readonly CallResult[] }
+  | { readonly status: "suspended"; readonly pending: readonly OutgoingCall[]; readonly journal: readonly CallResult[] }
+  | { readonly status: "retry"; readonly error: unknown; readonly journal: readonly CallResult[] };
+
+/** Everything needed to run one handler on one message. */
+export interface InvocationRequest {
+  readonly fn: AnyFunctionType;
+  readonly handlers: object;
+  readonly handler: HandlerInfo;
+  readonly invocationId: string;
+  readonly self: Address;
+  readonly caller: Address | undefined;
+  /** The request, binary protobuf. */
+  readonly payload: Uint8Array;
+  /** The committed state, binary protobuf; `undefined` for a new instance or a stateless function. */
+  readonly state: Uint8Array | undefined;
+  /** Results of calls made by earlier runs of this invocation, in call order. */
+  readonly journal: readonly CallResult[];
+  /** Instances locked awaiting this invocation, outermost first (`type/key`). */
+  readonly callChain: readonly string[];
+  readonly log: Logger;
+  /**
+   * Runs a call that is not in the journal. Return its reply (the embedded
+   * invoker awaits the callee), or `"suspend"` to end this run and re-run once
+   * the reply is known (remote functions).
+   */
+  readonly issueCall: (call: OutgoingCall) => Promise<Reply> | "suspend";
+  /** Resolves a function type by name, for calls and sends. */
+  readonly resolve: (typeName: string) => AnyFunctionType | undefined;
+}
+
+/** Thrown inside a handler's `ctx.call` to end a suspended run; never seen by users' code paths that finish. */
+class Suspended extends Error {
+  override name = "Suspended";
+}
+
+/** SHA-256 of a request payload, the identity of a call. */
+export function requestHash(payload: Uint8Array): Uint8Array {
+  return new Uint8Array(createHash("sha256").update(payload).digest());
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Reply of a successful handler. */
+export function okReply(payload: Uint8Array): Reply {
+  return create(ReplySchema, { result: { case: "ok", value: payload } });
+}
+
+/** Reply of a failed handler. */
+export function errorReply(code: Code, message: string): Reply {
+  return create(ReplySchema, { result: { case: "error", value: { code, message } } });
+}
+
+/**
+ * Runs a handler once: decodes the request and state, gives the handler a
+ * context that records its effects, and returns what to commit. Shared by the
+ * embedded invoker and `serveFunctions`, so both run handlers the same way.
+ */
+export async function runInvocation(req: InvocationRequest): Promise<InvocationOutcome> {
+  const { fn, handler } = req;
+  const journal: CallResult[] = [...req.journal];
+  const pending: OutgoingCall[] = [];
+  const sends: OutgoingSend[] = [];
+  const cancels: CancellationToken[] = [];
+  const egress: OutgoingEgress[] = [];
+  let callCount = 0;
+  let suspended = false;
+  let rejectSuspension: (reason: Suspended) => void = () => {};
+  const suspension = new Promise<never>((_, reject) => {
+    rejectSuspension = reject;
+  });
+  suspension.catch(() => {});
+  let cleared = false;
+
+  const request = fromBinary(handler.method.input, req.payload);
+  const stateSchema = fn.state as DescMessage | undefined;
+  let state: Message | undefined;
+  if (stateSchema !== undefined) {
+    state = req.state !== undefined ? fromBinary(stateSchema, req.state) : create(stateSchema);
+  }
+
+  function targetOf(target: AnyFunctionType, method: string, payload: Message): { address: Address; info: HandlerInfo } {
+    const info = target.handlers.get(method);
+    if (info === undefined) throw new ShoalError(Code.Unimplemented, `${target.typeName} has no handler ${method}`);
+    const key = keyOf(info, payload) ?? "";
+    if (target.state !== undefined && key === "") {
+      throw new ShoalError(
+        Code.InvalidArgument,
+        `${target.typeName}.${method}: request ${info.method.input.typeName} has an empty key field ${info.keyField?.name ?? "(none)"}`,
+      );
+    }
+    return { address: { type: target.typeName, key }, info };
+  }
+
+  function methodByLocalName(target: AnyFunctionType, localName: string): HandlerInfo | undefined {
+    for (const info of target.handlers.values()) if (info.localName === localName) return info;
+    return undefined;
+  }
+
+  function proxy<T>(target: AnyFunctionType, make: (info: HandlerInfo) => T): Record<string, T> {
+    return new Proxy({} as Record<string, T>, {
+      get(_, prop) {
+        if (typeof prop !== "string") return undefined;
+        const info = methodByLocalName(target, prop);
+        if (info === undefined) throw new ShoalError(Code.Unimplemented, `${target.typeName} has no handler ${prop}`);
+        return make(info);
+      },
+    });
+  }
+
+  async function call(target: AnyFunctionType, info: HandlerInfo, init: unknown): Promise<Message> {
+    const n = callCount++;
+    const callId = `${req.invocationId}/${n}`;
+    const message = create(info.method.input, init as never) as Message;
+    const payload = toBinary(info.method.input, message);
+    const hash = requestHash(payload);
+    const { address } = targetOf(target, info.name, message);
+    const recorded = journal[n];
+    let reply: Reply;
+    if (recorded !== undefined) {
+      if (
+        recorded.callId !== callId ||
+        recorded.target?.type !== address.type ||
+        recorded.target.key !== address.key ||
+        recorded.handler !== info.name ||
+        !sameBytes(recorded.requestHash, hash)
+      ) {
+        throw new NonDeterminismError(
+          `${formatAddress(req.self)}: call ${callId} was ${recorded.target ? formatAddress(recorded.target) : "?"}.${recorded.handler} ` +
+            `with a different request before, now ${formatAddress(address)}.${info.name}; handlers that await calls must make the same calls in the same order when re-run`,
+        );
+      }
+      reply = recorded.reply ?? errorReply(Code.Internal, `call ${callId} has no recorded reply`);
+    } else {
+      const outgoing: OutgoingCall = { callId, target: address, handler: info.name, payload, requestHash: hash, shared: info.shared };
+      const chainEntry = formatAddress(address);
+      if (!info.shared && target.state !== undefined && (req.callChain.includes(chainEntry) || chainEntry === formatAddress(req.self))) {
+        const cycle = [...req.callChain, formatAddress(req.self), chainEntry];
+        throw new ShoalError(Code.FailedPrecondition, `call cycle: ${cycle.join(" -> ")} (the instance is locked awaiting this call)`);
+      }
+      const issued = req.issueCall(outgoing);
+      if (issued === "suspend") {
+        pending.push(outgoing);
+        if (!suspended) {
+          suspended = true;
+          // Let the handler issue every call it can before suspending (Promise.all).
+          setImmediate(() => rejectSuspension(new Suspended()));
+        }
+        return new Promise<Message>(() => {});
+      }
+      reply = await issued;
+      journal[n] = create(CallResultSchema, { callId, target: address, handler: info.name, requestHash: hash, reply });
+    }
+    if (reply.result.case === "ok") return fromBinary(info.method.output, reply.result.value);
+    const failure = reply.result.value;
+    throw new ShoalError(failure?.code ?? Code.Internal, failure?.message ?? "call failed");
+  }
+
+  let sendCount = 0;
+  let egressCount = 0;
+  const log = req.log;
+  const ctx: BaseContext & { state?: Message; clearState?: () => void } = {
+    key: req.self.key,
+    self: req.self,
+    caller: req.caller,
+    invocationId: req.invocationId,
+    log,
+    call(target) {
+      const t = target as unknown as AnyFunctionType;
+      return proxy(t, (info) => (init: unknown) => call(t, info, init)) as never;
+    },
+    send(target, options?: SendOptions) {
+      const t = target as unknown as AnyFunctionType;
+      return proxy(t, (info) => (init: unknown) => {
+        const message = create(info.method.input, init as never) as Message;
+        const { address } = targetOf(t, info.name, message);
+        const id = `${req.invocationId}:s${sendCount++}`;
+        const delayMs = Math.max(0, Math.round(options?.delay ?? 0));
+        sends.push({ id, target: address, handler: info.name, payload: toBinary(info.method.input, message), delayMs });
+        return formatToken({ target: address, messageId: id });
+      }) as never;
+    },
+    cancel(token) {
+      cancels.push(token);
+    },
+    egress(name, schema, message) {
+      const m = create(schema, message) as Message;
+      egress.push({ egress: name, typeName: schema.typeName, payload: toBinary(schema, m as never), id: `${req.invocationId}:e${egressCount++}` });
+    },
+  };
+  if (state !== undefined) {
+    ctx.state = state;
+    if (!handler.shared) {
+      ctx.clearState = () => {
+        cleared = true;
+        ctx.state = create(stateSchema as DescMessage);
+      };
+    }
+  }
+
+  const impl = (req.handlers as Record<string, unknown>)[handler.localName];
+  if (typeof impl !== "function") {
+    return {
+      status: "done",
+      reply: errorReply(Code.Unimplemented, `${fn.typeName} has no implementation of ${handler.name}`),
+      effects: noEffects,
+      journal,
+    };
+  }
+
+  let result: unknown;
+  try {
+    const ran = Promise.resolve().then(() => (impl as (r: unknown, c: unknown) => unknown).call(req.handlers, request, ctx));
+    result = await Promise.race([ran, suspension]);
+  } catch (err) {
+    if (err instanceof Suspended) return { status: "suspended", pending, journal };
+    if (err instanceof ShoalError) return { status: "done", reply: errorReply(err.code, err.message), effects: noEffects, journal };
+    if (err instanceof NonDeterminismError) return { status: "done", reply: errorReply(Code.Internal, err.message), effects: noEffects, journal };
+    return { status: "retry", error: err, journal };
+  }
+  if (suspended) return { status: "suspended", pending, journal };
+
+  let replyPayload: Uint8Array;
+  try {
+    const output = create(handler.method.output, (result ?? {}) as never) as Message;
+    replyPayload = toBinary(handler.method.output, output);
+  } catch (err) {
+    return {
+      status: "done",
+      reply: errorReply(Code.Internal, `${fn.typeName}.${handler.name} returned a value that is not a ${handler.method.output.typeName}: ${String(err)}`),
+      effects: noEffects,
+      journal,
+    };
+  }
+
+  let change: StateChange = { kind: "keep" };
+  if (stateSchema !== undefined && !handler.shared) {
+    const current = ctx.state as Message;
+    const bytes = toBinary(stateSchema, current);
+    if (cleared && bytes.length === 0) change = { kind: "clear" };
+    else if (req.state === undefined ? bytes.length > 0 : !sameBytes(bytes, req.state)) change = { kind: "write", bytes };
+  }
+  return { status: "done", reply: okReply(replyPayload), effects: { state: change, sends, cancels, egress }, journal };
+}
+
+const noEffects: InvocationEffects = { state: { kind: "keep" }, sends: [], cancels: [], egress: [] };
+
+/** A re-run of a handler that made different calls than before. */
+export class NonDeterminismError extends Error {
+  override name = "NonDeterminismError";
+}
