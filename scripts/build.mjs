@@ -24,6 +24,6 @@ const userDirs = [
 ].filter((d) => existsSync(join(root, d, "proto")));
 for (const dir of userDirs) {
   rmSync(join(root, dir, "src/gen"), { recursive: true, force: true });
-  run(bin("buf"), ["generate", "--template", "buf.gen.yaml", "--path", join(dir, "proto"), "-o", dir]);
+  run(bin("buf"), ["generate", join(dir, "proto"), "--template", "buf.gen.yaml", "-o", dir]);
 }
 run(bin("tsc"), ["-b", "tsconfig.json"]);

@@ -1,0 +1,4 @@
+#!/usr/bin/env node
+import { createCli } from "../dist/cli.js";
+
+await createCli().parseAsync(process.argv);

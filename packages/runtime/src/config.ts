@@ -1,0 +1,143 @@
+import { readFileSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { parse } from "yaml";
+
+/** `shoal.yaml`, validated. Every field has a default except `functions.module`. */
+export interface ShoalConfig {
+  readonly shards: number;
+  readonly ingress: { readonly host: string; readonly port: number; readonly maxRequestBytes: number };
+  readonly storage:
+    | { readonly backend: "local"; readonly directory: string; readonly fsync: boolean }
+    | { readonly backend: "memory" };
+  readonly functions: { readonly module: string | undefined };
+  readonly retry: { readonly maxAttempts: number; readonly initialDelayMs: number; readonly maxDelayMs: number };
+  readonly memoRetentionMs: number;
+  readonly snapshotEvery: number;
+  readonly maxConcurrentInvocations: number;
+  readonly egress: Readonly<Record<string, { readonly type: "stdout" }>>;
+  readonly log: { readonly level: "debug" | "info" | "warn" | "error" | "silent" };
+}
+
+/** A config file that does not describe a valid deployment: the message names the key. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+type Obj = Record<string, unknown>;
+
+function object(value: unknown, path: string): Obj {
+  if (value === undefined || value === null) return {};
+  if (typeof value !== "object" || Array.isArray(value)) throw new ConfigError(`${path}: expected a mapping, got ${JSON.stringify(value)}`);
+  return value as Obj;
+}
+
+function onlyKeys(obj: Obj, path: string, allowed: readonly string[]) {
+  for (const key of Object.keys(obj)) {
+    if (!allowed.includes(key)) {
+      throw new ConfigError(`${path ? `${path}.` : ""}${key}: unknown key (expected one of: ${allowed.join(", ")})`);
+    }
+  }
+}
+
+function integer(obj: Obj, key: string, path: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  const value = obj[key];
+  if (value === undefined) return fallback;
+  if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
+    throw new ConfigError(`${path}${key}: expected an integer from ${min} to ${max}, got ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+function string(obj: Obj, key: string, path: string, fallback: string): string {
+  const value = obj[key];
+  if (value === undefined) return fallback;
+  if (typeof value !== "string" || value === "") throw new ConfigError(`${path}${key}: expected a non-empty string, got ${JSON.stringify(value)}`);
+  return value;
+}
+
+function boolean(obj: Obj, key: string, path: string, fallback: boolean): boolean {
+  const value = obj[key];
+  if (value === undefined) return fallback;
+  if (typeof value !== "boolean") throw new ConfigError(`${path}${key}: expected true or false, got ${JSON.stringify(value)}`);
+  return value;
+}
+
+/**
+ * Validates a parsed config. Relative paths resolve against `baseDir` (the
+ * config file's folder).
+ */
+export function validateConfig(raw: unknown, baseDir: string = process.cwd()): ShoalConfig {
+  const root = object(raw, "(top level)");
+  onlyKeys(root, "", ["shards", "ingress", "storage", "functions", "retry", "memoRetentionMs", "snapshotEvery", "maxConcurrentInvocations", "egress", "log"]);
+  const ingress = object(root.ingress, "ingress");
+  onlyKeys(ingress, "ingress", ["host", "port", "maxRequestBytes"]);
+  const storage = object(root.storage, "storage");
+  onlyKeys(storage, "storage", ["backend", "directory", "fsync"]);
+  const backend = string(storage, "backend", "storage.", "local");
+  if (backend !== "local" && backend !== "memory") throw new ConfigError(`storage.backend: expected "local" or "memory", got "${backend}"`);
+  const functions = object(root.functions, "functions");
+  onlyKeys(functions, "functions", ["module"]);
+  const retry = object(root.retry, "retry");
+  onlyKeys(retry, "retry", ["maxAttempts", "initialDelayMs", "maxDelayMs"]);
+  const egressRaw = object(root.egress, "egress");
+  const egress: Record<string, { type: "stdout" }> = {};
+  for (const [name, value] of Object.entries(egressRaw)) {
+    const e = object(value, `egress.${name}`);
+    onlyKeys(e, `egress.${name}`, ["type"]);
+    const type = string(e, "type", `egress.${name}.`, "stdout");
+    if (type !== "stdout") throw new ConfigError(`egress.${name}.type: "${type}" is not supported here (supported: stdout)`);
+    egress[name] = { type };
+  }
+  const log = object(root.log, "log");
+  onlyKeys(log, "log", ["level"]);
+  const level = string(log, "level", "log.", "info");
+  if (!["debug", "info", "warn", "error", "silent"].includes(level)) {
+    throw new ConfigError(`log.level: expected debug, info, warn, error or silent, got "${level}"`);
+  }
+  const module = functions.module === undefined ? undefined : resolve(baseDir, string(functions, "module", "functions.", ""));
+  return {
+    shards: integer(root, "shards", "", 64, 1, 65536),
+    ingress: {
+      host: string(ingress, "host", "ingress.", "127.0.0.1"),
+      port: integer(ingress, "port", "ingress.", 8080, 0, 65535),
+      maxRequestBytes: integer(ingress, "maxRequestBytes", "ingress.", 4 * 1024 * 1024, 1),
+    },
+    storage:
+      backend === "memory"
+        ? { backend }
+        : { backend, directory: resolve(baseDir, string(storage, "directory", "storage.", ".shoal")), fsync: boolean(storage, "fsync", "storage.", true) },
+    functions: { module },
+    retry: {
+      maxAttempts: integer(retry, "maxAttempts", "retry.", 5, 1),
+      initialDelayMs: integer(retry, "initialDelayMs", "retry.", 100, 0),
+      maxDelayMs: integer(retry, "maxDelayMs", "retry.", 5_000, 0),
+    },
+    memoRetentionMs: integer(root, "memoRetentionMs", "", 24 * 3600_000, 1),
+    snapshotEvery: integer(root, "snapshotEvery", "", 10_000, 1),
+    maxConcurrentInvocations: integer(root, "maxConcurrentInvocations", "", 1024, 1),
+    egress,
+    log: { level: level as ShoalConfig["log"]["level"] },
+  };
+}
+
+/** Reads and validates a `shoal.yaml`. */
+export function loadConfig(path: string): ShoalConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    throw new ConfigError(`${path}: cannot read the config file: ${(err as Error).message}`);
+  }
+  let raw: unknown;
+  try {
+    raw = parse(text);
+  } catch (err) {
+    throw new ConfigError(`${path}: not valid YAML: ${(err as Error).message}`);
+  }
+  try {
+    return validateConfig(raw, dirname(resolve(path)));
+  } catch (err) {
+    if (err instanceof ConfigError) throw new ConfigError(`${path}: ${err.message}`);
+    throw err;
+  }
+}

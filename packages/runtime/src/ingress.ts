@@ -1,0 +1,128 @@
+import { createHash, randomUUID } from "node:crypto";
+import { create, type DescService, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
+import { headers, keyOf } from "@shoal/sdk";
+import { EnvelopeSchema, type Reply } from "@shoal/sdk/internal";
+import type { Runtime } from "./runtime.js";
+import { ShardUnavailableError } from "./shard-processor.js";
+
+/**
+ * Serves every function service at its standard Connect/gRPC/gRPC-web path.
+ * Each request becomes an envelope for its instance; the reply is the
+ * committed reply of the handler. `Shoal-Send: 1` makes it a one-way send
+ * answered once durably accepted; `Idempotency-Key` makes retries safe.
+ */
+export function registerIngress(router: ConnectRouter, runtime: Runtime): void {
+  for (const { fn } of runtime.functions.values()) {
+    const service = fn.service as unknown as DescService;
+    const impl: Record<string, (req: Message, ctx: HandlerContext) => Promise<Message>> = {};
+    for (const info of fn.handlers.values()) {
+      const method = info.method;
+      impl[method.localName] = async (request, ctx) => {
+        const key = keyOf(info, request) ?? "";
+        if (fn.state !== undefined && key === "") {
+          throw new ConnectError(
+            `${fn.typeName}.${info.name}: the key field ${method.input.typeName}.${info.keyField?.name ?? "?"} is empty; set it to the instance key`,
+            Code.InvalidArgument,
+          );
+        }
+        const send = isTrue(ctx.requestHeader.get(headers.send));
+        const idempotencyKey = ctx.requestHeader.get(headers.idempotencyKey) ?? "";
+        const delayHeader = ctx.requestHeader.get(headers.delayMs);
+        let delayMs = 0;
+        if (delayHeader !== null) {
+          delayMs = Number(delayHeader);
+          if (!Number.isFinite(delayMs) || delayMs < 0) {
+            throw new ConnectError(`${headers.delayMs} must be a non-negative number of milliseconds, got "${delayHeader}"`, Code.InvalidArgument);
+          }
+        }
+        const now = runtime.clock.now();
+        const id =
+          idempotencyKey !== ""
+            ? `k-${createHash("sha256").update(`${fn.typeName}\u0000${key}\u0000${info.name}\u0000${idempotencyKey}`).digest("base64url")}`
+            : randomUUID();
+        const envelope = create(EnvelopeSchema, {
+          id,
+          target: { type: fn.typeName, key },
+          handler: info.name,
+          payload: toBinary(method.input, request),
+          idempotencyKey,
+          deliverAtMs: send && delayMs > 0 ? BigInt(now + Math.round(delayMs)) : 0n,
+          replyTo: send ? undefined : { kind: { case: "ingress", value: { node: runtime.nodeId, request: id } } },
+          traceparent: ctx.requestHeader.get("traceparent") ?? "",
+          acceptedAtMs: BigInt(now),
+        });
+        try {
+          if (send) {
+            await runtime.accept(envelope);
+            ctx.responseHeader.set(headers.messageId, id);
+            return create(method.output);
+          }
+          const reply = await runtime.request(envelope);
+          return toResponse(reply, method.output);
+        } catch (err) {
+          if (err instanceof ConnectError) throw err;
+          if (err instanceof ShardUnavailableError) throw new ConnectError(err.message, Code.Unavailable);
+          throw new ConnectError(`${fn.typeName}.${info.name}: ${err instanceof Error ? err.message : String(err)}`, Code.Unavailable);
+        }
+      };
+    }
+    router.service(service, impl as never);
+  }
+  reportParseErrorsAsInvalidArgument(router);
+}
+
+type UniversalHandler = ConnectRouter["handlers"][number];
+type UniversalResponse = Awaited<ReturnType<UniversalHandler>>;
+
+// connect-es answers a request body that is not valid protobuf binary with
+// `internal` ("parse binary: ..."), while a malformed JSON body gets
+// `invalid_argument`. Both are the client's fault, and DESIGN §12 promises
+// InvalidArgument, so the ingress rewrites that one error on its way out (the
+// success path is untouched). Covers the Connect and gRPC protocols; gRPC-web
+// carries its status inside the body and keeps connect-es's code.
+function reportParseErrorsAsInvalidArgument(router: ConnectRouter) {
+  router.handlers.forEach((original, i) => {
+    const wrapped = Object.assign(async (req: Parameters<UniversalHandler>[0]) => await rewriteParseError(await original(req)), original);
+    router.handlers[i] = wrapped as UniversalHandler;
+  });
+}
+
+const parseBinary = "parse binary:";
+const textDecoder = new TextDecoder();
+
+async function rewriteParseError(res: UniversalResponse): Promise<UniversalResponse> {
+  for (const h of [res.header, res.trailer]) {
+    const message = h?.get("grpc-message");
+    if (h?.get("grpc-status") === String(Code.Internal) && message != null && decodeURIComponent(message).startsWith(parseBinary)) {
+      h.set("grpc-status", String(Code.InvalidArgument));
+    }
+  }
+  if (res.status !== 500 || res.body === undefined || res.header?.get("content-type") !== "application/json") return res;
+  // A Connect unary error: one small JSON body.
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of res.body) chunks.push(chunk);
+  let body: Uint8Array = Buffer.concat(chunks);
+  let status = res.status;
+  try {
+    const error = JSON.parse(textDecoder.decode(body)) as { code?: string; message?: string };
+    if (error.code === "internal" && error.message?.startsWith(parseBinary)) {
+      body = new TextEncoder().encode(JSON.stringify({ ...error, code: "invalid_argument", message: `malformed request body: ${error.message}` }));
+      status = 400;
+      res.header.delete("content-length");
+    }
+  } catch {
+    // not a Connect error body: pass it on unchanged
+  }
+  return { ...res, status, body: (async function* () { yield body; })() };
+}
+
+function isTrue(value: string | null): boolean {
+  return value !== null && value !== "" && value !== "0" && value.toLowerCase() !== "false";
+}
+
+function toResponse(reply: Reply, output: DescService["methods"][number]["output"]): Message {
+  if (reply.result.case === "ok") return fromBinary(output, reply.result.value);
+  const failure = reply.result.value;
+  throw new ConnectError(failure?.message ?? "the handler failed", (failure?.code ?? Code.Internal) as Code);
+}

@@ -1,0 +1,79 @@
+import { pathToFileURL } from "node:url";
+import { isModule, type ShoalModule } from "@shoal/sdk";
+import type { ShoalConfig } from "./config.js";
+import { createStdoutEgress, type Egress } from "./egress.js";
+import { createRuntime, type Runtime } from "./runtime.js";
+import { listen, type RuntimeServer } from "./server.js";
+import { createLocalStorage } from "./storage/local-storage.js";
+import { createMemoryStorage } from "./storage/memory-storage.js";
+import { createRegistry } from "@bufbuild/protobuf";
+
+/**
+ * Loads a module file (`export default module(...)`). TypeScript files are
+ * loaded through tsx, so `shoal dev src/module.ts` needs no build step.
+ */
+export async function loadModule(path: string): Promise<ShoalModule> {
+  const url = pathToFileURL(path).href;
+  let loaded: { default?: unknown };
+  if (/\.[mc]?tsx?$/.test(path)) {
+    const { tsImport } = await import("tsx/esm/api");
+    loaded = (await tsImport(url, import.meta.url)) as { default?: unknown };
+  } else {
+    loaded = (await import(url)) as { default?: unknown };
+  }
+  // tsx may wrap the ES module's default export once more.
+  let candidate = loaded.default;
+  if (!isModule(candidate) && typeof candidate === "object" && candidate !== null && "default" in candidate) {
+    candidate = (candidate as { default: unknown }).default;
+  }
+  if (!isModule(candidate)) {
+    throw new Error(`${path}: the default export is not a Shoal module; end the file with \`export default module(implement(XFunction, x), ...)\``);
+  }
+  return candidate;
+}
+
+/** A node started from a config: its runtime and its listening ingress. */
+export interface RunningNode {
+  readonly runtime: Runtime;
+  readonly server: RuntimeServer;
+  close(): Promise<void>;
+}
+
+/** Starts a node as `shoal dev` and `shoal serve` do. */
+export async function startNode(config: ShoalConfig, functions: ShoalModule): Promise<RunningNode> {
+  const storage =
+    config.storage.backend === "memory"
+      ? createMemoryStorage()
+      : await createLocalStorage({ directory: config.storage.directory, fsync: config.storage.fsync });
+  const files = functions.implementations.map((i) => i.fn.service.file);
+  const registry = createRegistry(...files);
+  const egress: Record<string, Egress> = {};
+  for (const name of Object.keys(config.egress)) egress[name] = createStdoutEgress(registry);
+  const runtime = createRuntime({
+    functions,
+    storage,
+    shards: config.shards,
+    retry: config.retry,
+    memoRetentionMs: config.memoRetentionMs,
+    snapshotEvery: config.snapshotEvery,
+    maxConcurrentInvocations: config.maxConcurrentInvocations,
+    maxRequestBytes: config.ingress.maxRequestBytes,
+    egress,
+    logger: config.log.level,
+  });
+  try {
+    await runtime.start();
+  } catch (err) {
+    await runtime.close().catch(() => {});
+    throw err;
+  }
+  const server = await listen(runtime, { host: config.ingress.host, port: config.ingress.port });
+  return {
+    runtime,
+    server,
+    async close() {
+      await server.close();
+      await runtime.close();
+    },
+  };
+}

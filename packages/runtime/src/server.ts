@@ -1,0 +1,72 @@
+import { createServer as createHttp1Server, type Server as Http1Server } from "node:http";
+import { createServer as createHttp2Server, type Http2Server } from "node:http2";
+import { createServer as createNetServer, type Server as NetServer, type Socket } from "node:net";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { Runtime } from "./runtime.js";
+
+/** Options of `listen`. */
+export interface ListenOptions {
+  /** Port; 0 picks a free one. Default 8080. */
+  readonly port?: number;
+  /** Interface to bind. Default "127.0.0.1". */
+  readonly host?: string;
+}
+
+/** A listening ingress. */
+export interface RuntimeServer {
+  /** `http://host:port`. */
+  readonly url: string;
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+const http2Preface = Buffer.from("PRI * HTTP/2.0\r\n");
+
+/**
+ * Serves the runtime's Connect routes on one port for HTTP/1.1 and cleartext
+ * HTTP/2 (h2c with prior knowledge, as gRPC clients use): each connection is
+ * handed to the server that speaks the protocol of its first bytes.
+ */
+export async function listen(runtime: Runtime, options: ListenOptions = {}): Promise<RuntimeServer> {
+  const handler = connectNodeAdapter({
+    routes: runtime.routes,
+    readMaxBytes: runtime.maxRequestBytes,
+    grpc: true,
+    grpcWeb: true,
+    connect: true,
+  });
+  const http1: Http1Server = createHttp1Server(handler);
+  const http2: Http2Server = createHttp2Server({}, handler);
+  const sockets = new Set<Socket>();
+  const server: NetServer = createNetServer((socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    socket.once("readable", () => {
+      const head: Buffer | null = socket.read(Math.min(http2Preface.length, socket.readableLength)) ?? socket.read();
+      if (head === null) return;
+      socket.unshift(head);
+      const isHttp2 = head.length > 0 && http2Preface.subarray(0, head.length).equals(head);
+      (isHttp2 ? http2 : http1).emit("connection", socket);
+    });
+  });
+  const host = options.host ?? "127.0.0.1";
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options.port ?? 8080, host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const address = server.address();
+  const port = typeof address === "object" && address !== null ? address.port : (options.port ?? 8080);
+  return {
+    url: `http://${host.includes(":") ? `[${host}]` : host}:${port}`,
+    port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        http1.closeAllConnections();
+        for (const socket of sockets) socket.destroy();
+      }),
+  };
+}

@@ -1,0 +1,734 @@
+import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import { Code } from "@connectrpc/connect";
+import type { AnyFunctionType, Logger } from "@shoal/sdk";
+import {
+  type CallResult,
+  CallResultInputSchema,
+  type CancellationSchema,
+  type Commit,
+  CommitSchema,
+  type EgressMessage,
+  type EgressMessageSchema,
+  type MemoSchema,
+  type StateWriteSchema,
+  type Envelope,
+  EnvelopeSchema,
+  errorReply,
+  type InvocationOutcome,
+  type LogRecord,
+  LogRecordSchema,
+  type OutboxEntry,
+  parseToken,
+  type Reply,
+  requestHash,
+  runInvocation,
+} from "@shoal/sdk/internal";
+import type { Clock } from "./clock.js";
+import { createSlot, type Semaphore, type Slot } from "./semaphore.js";
+import { controlHandlers, instanceId, ShardState } from "./shard-state.js";
+import type { ShardLog } from "./storage/storage.js";
+
+/** A registered function type and its handlers. */
+export interface RegisteredFunction {
+  readonly fn: AnyFunctionType;
+  readonly handlers: object;
+}
+
+/** How transient handler failures are retried. */
+export interface RetryPolicy {
+  /** Attempts in all, the first included. Default 5. */
+  readonly maxAttempts: number;
+  /** Delay before the second attempt; doubles each time. Default 100 ms. */
+  readonly initialDelayMs: number;
+  /** Upper bound of the delay. Default 5 s. */
+  readonly maxDelayMs: number;
+}
+
+/** What a shard processor needs from the node it runs on. */
+export interface ShardHost {
+  readonly nodeId: string;
+  readonly clock: Clock;
+  readonly shards: number;
+  readonly slots: Semaphore;
+  readonly retry: RetryPolicy;
+  readonly memoRetentionMs: number;
+  readonly snapshotEvery: number;
+  readonly logger: Logger;
+  /**
+   * Locked instance -> the locked instance its invocation awaits a call to
+   * (`type/key`): the wait-for graph that detects call cycles across chains.
+   */
+  readonly waitsFor: Map<string, string>;
+  invocationLogger(fields: Record<string, unknown>): Logger;
+  lookup(typeName: string): RegisteredFunction | undefined;
+  shardOf(type: string, key: string): number;
+  /** Runs a call at its target and resolves with the callee's committed reply. */
+  call(envelope: Envelope): Promise<Reply>;
+  /** Hands an outbox envelope to its target shard; resolves once the target has it durably. */
+  deliver(envelope: Envelope): Promise<void>;
+  /** Hands a committed egress message to its egress; resolves once delivered. */
+  emitEgress(message: EgressMessage): Promise<void>;
+  /** Storage failed under this shard: it stops and the node recovers it. */
+  storageFailed(shard: number, error: unknown): void;
+}
+
+/** Receives the reply of an accepted message once its commit is durable. */
+export type ReplyWaiter = (reply: Reply) => void;
+
+/** What an invocation commits besides its reply, before sequences are assigned. */
+interface PendingEffects {
+  stateWrites?: MessageInitShape<typeof StateWriteSchema>[];
+  outbox?: Envelope[];
+  cancellations?: MessageInitShape<typeof CancellationSchema>[];
+  egress?: MessageInitShape<typeof EgressMessageSchema>[];
+  finishedInvocations?: string[];
+}
+
+type MailboxItem = { readonly kind: "message"; readonly envelope: Envelope } | { readonly kind: "expire"; readonly type: string; readonly key: string };
+
+interface Mailbox {
+  readonly items: MailboxItem[];
+  running: boolean;
+}
+
+/** Thrown by `submit` when the shard cannot accept messages. */
+export class ShardUnavailableError extends Error {
+  override name = "ShardUnavailableError";
+}
+
+const textEncoder = new TextEncoder();
+
+/** The dedup id under which a message's reply is memoized, if any. */
+export function memoIdOf(envelope: Envelope): string | undefined {
+  if (envelope.callId !== "") return `call\u0000${envelope.callId}`;
+  if (envelope.idempotencyKey !== "") {
+    const t = envelope.target;
+    return `idem\u0000${t?.type ?? ""}\u0000${t?.key ?? ""}\u0000${envelope.handler}\u0000${envelope.idempotencyKey}`;
+  }
+  return undefined;
+}
+
+/** The identity of a request for idempotency: its handler and payload. */
+function envelopeHash(envelope: Envelope): Uint8Array {
+  const handler = textEncoder.encode(`${envelope.handler}\u0000`);
+  const bytes = new Uint8Array(handler.length + envelope.payload.length);
+  bytes.set(handler);
+  bytes.set(envelope.payload, handler.length);
+  return requestHash(bytes);
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/**
+ * Processes one shard: accepts messages into its log, runs invocations (one
+ * at a time per instance for exclusive handlers), appends their effects as one
+ * commit each, and releases replies, outbox deliveries and egress only once
+ * that commit is durable.
+ */
+export class ShardProcessor {
+  private state: ShardState;
+  private readonly mailboxes = new Map<string, Mailbox>();
+  private readonly waiters = new Map<string, ReplyWaiter[]>();
+  /** Memo id -> id of the pending message that will produce it. */
+  private readonly inflight = new Map<string, string>();
+  private readonly timers = new Map<string, () => void>();
+  private readonly expiryTimers = new Map<string, () => void>();
+  private pendingAcks: bigint[] = [];
+  private pendingEgressDelivered: string[] = [];
+  private ackFlush: NodeJS.Timeout | undefined;
+  private recordsSinceSnapshot = 0;
+  private snapshotting = false;
+  private failed: Error | undefined;
+  private closed = false;
+  private running = 0;
+  private idle: Array<() => void> = [];
+
+  constructor(
+    readonly shard: number,
+    private readonly log: ShardLog,
+    private readonly host: ShardHost,
+  ) {
+    this.state = new ShardState(shard);
+  }
+
+  /** Rebuilds the shard's state from its snapshot and log. Call before `start`. */
+  async recover(): Promise<void> {
+    const recovered = await this.log.recover();
+    this.state = recovered.snapshot !== undefined ? ShardState.fromSnapshot(recovered.snapshot) : new ShardState(this.shard);
+    for (const { sequence, record } of recovered.records) this.state.apply(record, sequence);
+    this.recordsSinceSnapshot = recovered.records.length;
+  }
+
+  /**
+   * Resumes work left by the recovered state, in two phases so that a node
+   * can redeliver every shard's outbox (call results included) before any
+   * shard re-runs its pending invocations.
+   */
+  start(): void {
+    this.resumeDeliveries();
+    this.resumeProcessing();
+  }
+
+  /** Delivers unacknowledged outbox entries and egress again. */
+  resumeDeliveries(): void {
+    for (const [sequence, envelope] of this.state.outbox) this.deliverOutbox(sequence, envelope);
+    for (const message of this.state.egress.values()) this.emitEgress(message);
+  }
+
+  /** Re-arms timers and processes pending messages in log order. */
+  resumeProcessing(): void {
+    for (const instance of this.state.instances.values()) if (instance.expiresAtMs > 0) this.armExpiry(instance.type, instance.key, instance.expiresAtMs);
+    for (const envelope of this.state.pending.values()) {
+      const memoId = memoIdOf(envelope);
+      if (memoId !== undefined) this.inflight.set(memoId, envelope.id);
+      this.schedule(envelope);
+    }
+  }
+
+  /** The committed (possibly not yet durable) state of an instance. */
+  stateOf(type: string, key: string): Uint8Array | undefined {
+    return this.state.instances.get(instanceId(type, key))?.state;
+  }
+
+  /** Every instance of a type in this shard. */
+  instancesOf(type: string): Array<{ key: string; state: Uint8Array }> {
+    const out: Array<{ key: string; state: Uint8Array }> = [];
+    for (const i of this.state.instances.values()) if (i.type === type) out.push({ key: i.key, state: i.state });
+    return out;
+  }
+
+  /** Counts for `shoal status` and metrics. */
+  stats() {
+    return {
+      shard: this.shard,
+      instances: this.state.instances.size,
+      pending: this.state.pending.size,
+      outbox: this.state.outbox.size,
+      memos: this.state.memos.size,
+      sequence: this.state.sequence,
+      epoch: this.log.epoch,
+      failed: this.failed?.message,
+    };
+  }
+
+  /**
+   * Accepts a message. `waiter`, if given, receives the reply once the commit
+   * holding it is durable. The returned promise resolves when the message is
+   * durably accepted (for one-way sends), or at once when it was a duplicate.
+   */
+  submit(envelope: Envelope, waiter?: ReplyWaiter): Promise<void> {
+    if (this.failed !== undefined) throw new ShardUnavailableError(`shard ${this.shard} is unavailable: ${this.failed.message}`);
+    if (this.closed) throw new ShardUnavailableError(`shard ${this.shard} is closed`);
+    const memoId = memoIdOf(envelope);
+    if (memoId !== undefined) {
+      const memo = this.state.memos.get(memoId);
+      const hash = envelopeHash(envelope);
+      if (memo !== undefined) {
+        if (!sameBytes(memo.requestHash, hash)) {
+          waiter?.(this.mismatch(envelope));
+        } else {
+          waiter?.(memo.reply ?? errorReply(Code.Internal, "memoized reply is missing"));
+        }
+        return Promise.resolve();
+      }
+      const inflightId = this.inflight.get(memoId);
+      const inflight = inflightId !== undefined ? this.state.pending.get(inflightId) : undefined;
+      if (inflight !== undefined) {
+        if (!sameBytes(envelopeHash(inflight), hash)) waiter?.(this.mismatch(envelope));
+        else if (waiter !== undefined) this.addWaiter(inflight.id, waiter);
+        return Promise.resolve();
+      }
+    }
+    if (this.state.pending.has(envelope.id)) {
+      if (waiter !== undefined) this.addWaiter(envelope.id, waiter);
+      return Promise.resolve();
+    }
+    if (this.state.isDuplicate(envelope)) return Promise.resolve();
+    if (waiter !== undefined) this.addWaiter(envelope.id, waiter);
+    const durable = this.append([create(LogRecordSchema, { kind: { case: "input", value: { envelope } } })]);
+    if (envelope.handler === controlHandlers.cancel) {
+      const target = new TextDecoder().decode(envelope.payload);
+      if (!this.state.pending.has(target)) this.timers.get(target)?.();
+      return durable;
+    }
+    if (memoId !== undefined) this.inflight.set(memoId, envelope.id);
+    this.schedule(envelope);
+    return durable;
+  }
+
+  /** Records a call's reply in the caller's journal (delivered from the callee's outbox). */
+  submitCallResult(envelope: Envelope): Promise<void> {
+    if (this.failed !== undefined) throw new ShardUnavailableError(`shard ${this.shard} is unavailable: ${this.failed.message}`);
+    if (this.state.isDuplicate(envelope)) return Promise.resolve();
+    const input = fromResultEnvelope(envelope);
+    return this.append([create(LogRecordSchema, { kind: { case: "callResult", value: { ...input, source: envelope.source } } })]);
+  }
+
+  private mismatch(envelope: Envelope): Reply {
+    if (envelope.callId !== "") {
+      return errorReply(
+        Code.Internal,
+        `call ${envelope.callId} was made before with a different request to ${envelope.target?.type}.${envelope.handler}; handlers that await calls must be deterministic`,
+      );
+    }
+    return errorReply(
+      Code.InvalidArgument,
+      `idempotency key "${envelope.idempotencyKey}" was used before with a different request to ${envelope.target?.type}.${envelope.handler}`,
+    );
+  }
+
+  private addWaiter(id: string, waiter: ReplyWaiter) {
+    const list = this.waiters.get(id);
+    if (list === undefined) this.waiters.set(id, [waiter]);
+    else list.push(waiter);
+  }
+
+  private append(records: LogRecord[]): Promise<void> {
+    let result: ReturnType<ShardLog["append"]>;
+    try {
+      result = this.log.append(records);
+    } catch (err) {
+      this.fail(err);
+      return Promise.reject(err);
+    }
+    for (const record of records) this.state.apply(record, result.lastSequence);
+    this.recordsSinceSnapshot += records.length;
+    if (this.recordsSinceSnapshot >= this.host.snapshotEvery && !this.snapshotting) this.snapshot(result.durable);
+    result.durable.catch((err) => this.fail(err));
+    return result.durable;
+  }
+
+  private snapshot(durable: Promise<void>) {
+    this.snapshotting = true;
+    this.recordsSinceSnapshot = 0;
+    this.state.pruneMemos(this.host.clock.now());
+    const snapshot = this.state.toSnapshot();
+    durable
+      .then(() => this.log.writeSnapshot(snapshot))
+      .catch((err) => this.host.logger.warn(`shard ${this.shard}: snapshot failed`, { error: String(err) }))
+      .finally(() => {
+        this.snapshotting = false;
+      });
+  }
+
+  private fail(err: unknown) {
+    if (this.failed !== undefined) return;
+    this.failed = err instanceof Error ? err : new Error(String(err));
+    const reply = errorReply(Code.Unavailable, `shard ${this.shard}: storage failed, the message was not processed: ${this.failed.message}`);
+    for (const list of this.waiters.values()) for (const w of list) w(reply);
+    this.waiters.clear();
+    for (const cancel of this.timers.values()) cancel();
+    for (const cancel of this.expiryTimers.values()) cancel();
+    this.host.storageFailed(this.shard, this.failed);
+  }
+
+  private schedule(envelope: Envelope) {
+    const deliverAt = Number(envelope.deliverAtMs);
+    const delay = deliverAt - this.host.clock.now();
+    if (deliverAt > 0 && delay > 0) {
+      const cancel = this.host.clock.schedule(delay, () => {
+        this.timers.delete(envelope.id);
+        if (this.state.pending.has(envelope.id)) this.dispatch(envelope);
+      });
+      this.timers.set(envelope.id, cancel);
+      return;
+    }
+    this.dispatch(envelope);
+  }
+
+  private dispatch(envelope: Envelope) {
+    const target = envelope.target;
+    const registered = target !== undefined ? this.host.lookup(target.type) : undefined;
+    const info = registered?.fn.handlers.get(envelope.handler);
+    if (target === undefined || registered === undefined || info === undefined || registered.fn.state === undefined || info.shared) {
+      void this.invoke(envelope);
+      return;
+    }
+    this.enqueue(instanceId(target.type, target.key), { kind: "message", envelope });
+  }
+
+  private enqueue(id: string, item: MailboxItem) {
+    let mailbox = this.mailboxes.get(id);
+    if (mailbox === undefined) {
+      mailbox = { items: [], running: false };
+      this.mailboxes.set(id, mailbox);
+    }
+    mailbox.items.push(item);
+    if (!mailbox.running) void this.pump(id, mailbox);
+  }
+
+  private async pump(id: string, mailbox: Mailbox) {
+    mailbox.running = true;
+    try {
+      for (let item = mailbox.items.shift(); item !== undefined; item = mailbox.items.shift()) {
+        if (this.failed !== undefined || this.closed) return;
+        if (item.kind === "message") await this.invoke(item.envelope);
+        else this.expire(item.type, item.key);
+      }
+    } finally {
+      mailbox.running = false;
+      if (mailbox.items.length === 0) this.mailboxes.delete(id);
+    }
+  }
+
+  private async invoke(envelope: Envelope): Promise<void> {
+    this.running++;
+    const slot = createSlot(this.host.slots);
+    try {
+      await slot.acquire();
+      const outcome = await this.execute(envelope, slot);
+      if (this.failed !== undefined || this.closed) return;
+      if (!this.state.pending.has(envelope.id)) return;
+      this.commitOutcome(envelope, outcome.reply, outcome.commit);
+    } finally {
+      slot.release();
+      this.running--;
+      if (this.running === 0) for (const resolve of this.idle.splice(0)) resolve();
+    }
+  }
+
+  /** Runs the handler, retrying transient failures, and builds the commit. */
+  private async execute(envelope: Envelope, slot: Slot): Promise<{ reply: Reply; commit: PendingEffects }> {
+    const target = envelope.target;
+    const registered = target !== undefined ? this.host.lookup(target.type) : undefined;
+    const info = registered?.fn.handlers.get(envelope.handler);
+    if (target === undefined || registered === undefined || info === undefined) {
+      return { reply: errorReply(Code.Unimplemented, `unknown function or handler ${target?.type ?? "?"}.${envelope.handler}`), commit: {} };
+    }
+    const { fn, handlers } = registered;
+    const self = { type: target.type, key: target.key };
+    const caller = envelope.caller;
+    const log = this.host.invocationLogger({ function: fn.typeName, key: target.key, handler: info.name, invocation: envelope.id });
+    const chain = [...envelope.callChain];
+    const lockedChain = fn.state !== undefined && !info.shared ? [...chain, `${target.type}/${target.key}`] : chain;
+    let journal: readonly CallResult[] = this.state.journals.get(envelope.id) ?? [];
+    const { maxAttempts, initialDelayMs, maxDelayMs } = this.host.retry;
+    let outcome: InvocationOutcome | undefined;
+    for (let attempt = 1; ; attempt++) {
+      outcome = await runInvocation({
+        fn,
+        handlers,
+        handler: info,
+        invocationId: envelope.id,
+        self,
+        caller: caller !== undefined && caller.type !== "" ? { type: caller.type, key: caller.key } : undefined,
+        payload: envelope.payload,
+        state: fn.state !== undefined ? this.state.instances.get(instanceId(target.type, target.key))?.state : undefined,
+        journal,
+        callChain: chain,
+        log,
+        resolve: (name) => this.host.lookup(name)?.fn,
+        issueCall: (call) => {
+          const selfId = `${target.type}/${target.key}`;
+          const targetId = `${call.target.type}/${call.target.key}`;
+          const targetLocks = this.host.lookup(call.target.type)?.fn.state !== undefined && !call.shared;
+          const waits = fn.state !== undefined && !info.shared && targetLocks;
+          if (waits) {
+            const cycle = findCycle(this.host.waitsFor, selfId, targetId);
+            if (cycle !== undefined) {
+              return Promise.resolve(
+                errorReply(Code.FailedPrecondition, `call cycle: ${cycle.join(" -> ")} (each instance is locked awaiting the next)`),
+              );
+            }
+            this.host.waitsFor.set(selfId, targetId);
+          }
+          const callEnvelope = create(EnvelopeSchema, {
+            id: call.callId,
+            target: call.target,
+            handler: call.handler,
+            payload: call.payload,
+            callId: call.callId,
+            caller: self,
+            replyTo: { kind: { case: "call", value: { caller: self, invocationId: envelope.id, node: this.host.nodeId } } },
+            callChain: lockedChain,
+            traceparent: envelope.traceparent,
+            acceptedAtMs: BigInt(this.host.clock.now()),
+          });
+          // An invocation awaiting a call holds no slot: the callee may need one.
+          slot.release();
+          const done = () => {
+            if (waits && this.host.waitsFor.get(selfId) === targetId) this.host.waitsFor.delete(selfId);
+            return slot.acquire();
+          };
+          return this.host.call(callEnvelope).then(
+            async (reply) => {
+              await done();
+              return reply;
+            },
+            async (err) => {
+              await done();
+              throw err;
+            },
+          );
+        },
+      });
+      await slot.acquire();
+      if (outcome.status !== "retry") break;
+      journal = outcome.journal;
+      if (attempt >= maxAttempts) {
+        const message = outcome.error instanceof Error ? outcome.error.message : String(outcome.error);
+        log.error(`handler failed after ${attempt} attempts`, { error: message });
+        return {
+          reply: errorReply(Code.Internal, `${fn.typeName}.${info.name} failed after ${attempt} attempts: ${message}`),
+          commit: { finishedInvocations: [envelope.id] },
+        };
+      }
+      const delay = Math.min(maxDelayMs, initialDelayMs * 2 ** (attempt - 1));
+      log.warn(`handler failed, retrying in ${delay} ms (attempt ${attempt} of ${maxAttempts})`, { error: String(outcome.error) });
+      slot.release();
+      await new Promise<void>((resolve) => setTimeout(resolve, delay));
+      await slot.acquire();
+      if (this.failed !== undefined || this.closed) return { reply: errorReply(Code.Unavailable, "shard stopped"), commit: {} };
+    }
+    if (outcome.status === "suspended") {
+      // The embedded invoker always awaits calls inline; suspension is for remote functions.
+      return { reply: errorReply(Code.Internal, `${fn.typeName}.${info.name} suspended in the embedded invoker`), commit: {} };
+    }
+    const commit: PendingEffects = {};
+    const effects = outcome.effects;
+    const now = this.host.clock.now();
+    if (effects.state.kind !== "keep") {
+      const ttl = fn.stateTtlMs;
+      commit.stateWrites = [
+        effects.state.kind === "clear"
+          ? { address: self, clear: true }
+          : { address: self, state: effects.state.bytes, expiresAtMs: ttl !== undefined ? BigInt(now + ttl) : 0n },
+      ];
+    }
+    const outbox: Envelope[] = [];
+    for (const send of effects.sends) {
+      outbox.push(
+        create(EnvelopeSchema, {
+          id: send.id,
+          target: send.target,
+          handler: send.handler,
+          payload: send.payload,
+          caller: self,
+          deliverAtMs: send.delayMs > 0 ? BigInt(now + send.delayMs) : 0n,
+          traceparent: envelope.traceparent,
+          acceptedAtMs: BigInt(now),
+        }),
+      );
+    }
+    const cancellations: MessageInitShape<typeof CancellationSchema>[] = [];
+    for (const token of effects.cancels) {
+      const parts = parseToken(token);
+      if (parts === undefined) {
+        log.warn(`ctx.cancel: ignoring a token that is not a cancellation token: ${token}`);
+        continue;
+      }
+      const shard = this.host.shardOf(parts.target.type, parts.target.key);
+      if (shard === this.shard) {
+        cancellations.push({ shard, envelopeId: parts.messageId });
+      } else {
+        outbox.push(
+          create(EnvelopeSchema, {
+            id: `${envelope.id}:c${cancellations.length}:${parts.messageId}`,
+            target: parts.target,
+            handler: controlHandlers.cancel,
+            payload: textEncoder.encode(parts.messageId),
+          }),
+        );
+      }
+    }
+    // A send to a message cancelled in the same invocation never leaves.
+    commit.cancellations = cancellations;
+    commit.outbox = outbox;
+    commit.egress = effects.egress.map((e) => ({ egress: e.egress, typeName: e.typeName, payload: e.payload, id: e.id }));
+    if (outcome.journal.length > 0 || this.state.journals.has(envelope.id)) commit.finishedInvocations = [envelope.id];
+    return { reply: outcome.reply, commit };
+  }
+
+  /** Appends the commit of a finished invocation; releases its effects once durable. */
+  private commitOutcome(envelope: Envelope, reply: Reply, effects: PendingEffects) {
+    const now = this.host.clock.now();
+    const outboxEnvelopes = effects.outbox ?? [];
+    const outbox: OutboxEntry[] = [];
+    const stamp = (e: Envelope): OutboxEntry => {
+      const sequence = this.state.nextOutboxSequence + BigInt(outbox.length);
+      e.source = { $typeName: "shoal.v1.OutboxSource", shard: this.shard, sequence };
+      return { $typeName: "shoal.v1.OutboxEntry", sequence, envelope: e };
+    };
+    for (const e of outboxEnvelopes) outbox.push(stamp(e));
+    const replyTo = envelope.replyTo?.kind;
+    if (replyTo?.case === "call" && replyTo.value.caller !== undefined) {
+      const target = envelope.target;
+      const result = create(CallResultInputSchema, {
+        invocationId: replyTo.value.invocationId,
+        result: {
+          callId: envelope.callId,
+          target: target !== undefined ? { type: target.type, key: target.key } : undefined,
+          handler: envelope.handler,
+          requestHash: requestHash(envelope.payload),
+          reply,
+        },
+      });
+      outbox.push(
+        stamp(
+          create(EnvelopeSchema, {
+            id: `${envelope.id}:r`,
+            target: replyTo.value.caller,
+            handler: controlHandlers.callResult,
+            payload: toBinary(CallResultInputSchema, result),
+          }),
+        ),
+      );
+    }
+    const memoId = memoIdOf(envelope);
+    const memos: MessageInitShape<typeof MemoSchema>[] =
+      memoId !== undefined
+        ? [
+            {
+              id: memoId,
+              requestHash: envelopeHash(envelope),
+              reply,
+              expiresAtMs: BigInt(now + this.host.memoRetentionMs),
+              target: envelope.target,
+              handler: envelope.handler,
+            },
+          ]
+        : [];
+    const acked = this.pendingAcks;
+    const egressDelivered = this.pendingEgressDelivered;
+    this.pendingAcks = [];
+    this.pendingEgressDelivered = [];
+    const commit = create(CommitSchema, {
+      stateWrites: effects.stateWrites,
+      cancellations: effects.cancellations,
+      egress: effects.egress,
+      finishedInvocations: effects.finishedInvocations,
+      consumed: [envelope.id],
+      outbox,
+      memos,
+      acked,
+      egressDelivered,
+      invocationId: envelope.id,
+    });
+    if (memoId !== undefined) this.inflight.delete(memoId);
+    let durable: Promise<void>;
+    try {
+      durable = this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit }, writtenAtMs: BigInt(now) })]);
+    } catch {
+      return;
+    }
+    durable.then(
+      () => this.released(envelope, reply, commit),
+      () => {},
+    );
+  }
+
+  /** The commit is durable: its reply, outbox and egress may leave the shard. */
+  private released(envelope: Envelope, reply: Reply, commit: Commit) {
+    const waiters = this.waiters.get(envelope.id);
+    this.waiters.delete(envelope.id);
+    if (waiters !== undefined) for (const w of waiters) w(reply);
+    for (const entry of commit.outbox) if (entry.envelope !== undefined) this.deliverOutbox(entry.sequence, entry.envelope);
+    for (const message of commit.egress) this.emitEgress(message);
+    for (const write of commit.stateWrites) {
+      if (write.address !== undefined && write.expiresAtMs > 0n) this.armExpiry(write.address.type, write.address.key, Number(write.expiresAtMs));
+    }
+  }
+
+  private deliverOutbox(sequence: bigint, envelope: Envelope) {
+    this.host.deliver(envelope).then(
+      () => this.ack(sequence),
+      (err) => this.host.logger.warn(`shard ${this.shard}: outbox delivery ${sequence} failed; it is retried on recovery`, { error: String(err) }),
+    );
+  }
+
+  private emitEgress(message: EgressMessage) {
+    this.host.emitEgress(message).then(
+      () => {
+        this.pendingEgressDelivered.push(message.id);
+        this.scheduleAckFlush();
+      },
+      (err) => this.host.logger.warn(`egress ${message.egress}: delivery of ${message.id} failed; it is retried on recovery`, { error: String(err) }),
+    );
+  }
+
+  private ack(sequence: bigint) {
+    this.pendingAcks.push(sequence);
+    this.scheduleAckFlush();
+  }
+
+  // Acknowledgements ride on the next commit; an idle shard writes them alone
+  // shortly after, so its outbox does not grow without bound.
+  private scheduleAckFlush() {
+    if (this.ackFlush !== undefined || this.closed) return;
+    this.ackFlush = setTimeout(() => {
+      this.ackFlush = undefined;
+      if (this.failed !== undefined || this.closed) return;
+      if (this.pendingAcks.length === 0 && this.pendingEgressDelivered.length === 0) return;
+      const commit = create(CommitSchema, { acked: this.pendingAcks, egressDelivered: this.pendingEgressDelivered });
+      this.pendingAcks = [];
+      this.pendingEgressDelivered = [];
+      try {
+        this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit } })]).catch(() => {});
+      } catch {
+        // fail() has recorded it
+      }
+    }, 50);
+    this.ackFlush.unref?.();
+  }
+
+  private armExpiry(type: string, key: string, atMs: number) {
+    const id = instanceId(type, key);
+    this.expiryTimers.get(id)?.();
+    const cancel = this.host.clock.schedule(atMs - this.host.clock.now(), () => {
+      this.expiryTimers.delete(id);
+      this.enqueue(id, { kind: "expire", type, key });
+    });
+    this.expiryTimers.set(id, cancel);
+  }
+
+  private expire(type: string, key: string) {
+    const instance = this.state.instances.get(instanceId(type, key));
+    if (instance === undefined || instance.expiresAtMs === 0 || instance.expiresAtMs > this.host.clock.now()) return;
+    const commit = create(CommitSchema, { stateWrites: [{ address: { type, key }, clear: true }] });
+    try {
+      this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit } })]).catch(() => {});
+    } catch {
+      // fail() has recorded it
+    }
+  }
+
+  /** Resolves when no invocation is running (for tests and shutdown). */
+  whenIdle(): Promise<void> {
+    if (this.running === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idle.push(resolve));
+  }
+
+  /** Stops accepting work and closes the log. */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const cancel of this.timers.values()) cancel();
+    for (const cancel of this.expiryTimers.values()) cancel();
+    if (this.ackFlush !== undefined) clearTimeout(this.ackFlush);
+    const reply = errorReply(Code.Unavailable, `shard ${this.shard} is shutting down`);
+    for (const list of this.waiters.values()) for (const w of list) w(reply);
+    this.waiters.clear();
+    await this.log.close();
+  }
+}
+
+/** The cycle `from -> to -> ... -> from` in the wait-for graph, if adding that edge closes one. */
+function findCycle(waitsFor: ReadonlyMap<string, string>, from: string, to: string): string[] | undefined {
+  const path = [from, to];
+  const seen = new Set(path);
+  if (to === from) return path;
+  for (let next = waitsFor.get(to); next !== undefined; next = waitsFor.get(next)) {
+    path.push(next);
+    if (next === from) return path;
+    if (seen.has(next)) return undefined;
+    seen.add(next);
+  }
+  return undefined;
+}
+
+function fromResultEnvelope(envelope: Envelope) {
+  return fromBinary(CallResultInputSchema, envelope.payload);
+}

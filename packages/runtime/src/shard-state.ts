@@ -1,0 +1,170 @@
+import { create } from "@bufbuild/protobuf";
+import {
+  type CallResult,
+  type Commit,
+  type EgressMessage,
+  type Envelope,
+  type LogRecord,
+  type Memo,
+  type ShardSnapshot,
+  ShardSnapshotSchema,
+} from "@shoal/sdk/internal";
+
+/** One instance's committed state. */
+export interface InstanceRecord {
+  readonly type: string;
+  readonly key: string;
+  readonly state: Uint8Array;
+  /** 0: never expires. */
+  readonly expiresAtMs: number;
+}
+
+/** The envelope handler names the runtime uses for its own messages between shards. */
+export const controlHandlers = {
+  /** A call's reply, delivered to the caller's shard; payload: CallResultInput. */
+  callResult: "$result",
+  /** Cancels a delayed message; payload: the message id (UTF-8). */
+  cancel: "$cancel",
+} as const;
+
+export function instanceId(type: string, key: string): string {
+  return `${type}\u0000${key}`;
+}
+
+/**
+ * A shard's durable state as a deterministic function of its log: the live
+ * processor applies each record as it appends it, and recovery applies the
+ * same records after the snapshot, so both arrive at the same state.
+ */
+export class ShardState {
+  readonly instances = new Map<string, InstanceRecord>();
+  /** Accepted and not consumed, in log order (delayed ones included). */
+  readonly pending = new Map<string, Envelope>();
+  /** Outbox entries not yet acknowledged by their receiver, by sequence. */
+  readonly outbox = new Map<bigint, Envelope>();
+  readonly memos = new Map<string, Memo>();
+  /** Highest outbox sequence received per source shard. */
+  readonly watermarks = new Map<number, bigint>();
+  /** Results of calls of invocations that have not committed yet. */
+  readonly journals = new Map<string, CallResult[]>();
+  /** Egress messages committed and not yet handed to their egress. */
+  readonly egress = new Map<string, EgressMessage>();
+  nextOutboxSequence = 1n;
+  /** The last log sequence applied. */
+  sequence = 0n;
+
+  constructor(readonly shard: number) {}
+
+  /** Whether an envelope from another shard's outbox was already received. */
+  isDuplicate(envelope: Envelope): boolean {
+    const source = envelope.source;
+    if (source === undefined) return false;
+    return source.sequence <= (this.watermarks.get(source.shard) ?? 0n);
+  }
+
+  private noteSource(envelope: Envelope) {
+    const source = envelope.source;
+    if (source !== undefined) this.watermarks.set(source.shard, source.sequence);
+  }
+
+  /** Applies one record; returns false when it was a duplicate and changed nothing. */
+  apply(record: LogRecord, sequence: bigint): boolean {
+    this.sequence = sequence;
+    switch (record.kind.case) {
+      case "input": {
+        const envelope = record.kind.value.envelope;
+        if (envelope === undefined || this.isDuplicate(envelope)) return false;
+        this.noteSource(envelope);
+        if (envelope.handler === controlHandlers.cancel) {
+          const target = new TextDecoder().decode(envelope.payload);
+          const delayed = this.pending.get(target);
+          if (delayed !== undefined && delayed.deliverAtMs > 0n) this.pending.delete(target);
+          return true;
+        }
+        this.pending.set(envelope.id, envelope);
+        return true;
+      }
+      case "callResult": {
+        const input = record.kind.value;
+        const source = input.source;
+        if (source !== undefined) {
+          if (source.sequence <= (this.watermarks.get(source.shard) ?? 0n)) return false;
+          this.watermarks.set(source.shard, source.sequence);
+        }
+        const result = input.result;
+        if (result === undefined) return false;
+        const journal = this.journals.get(input.invocationId) ?? [];
+        if (!journal.some((r) => r.callId === result.callId)) journal.push(result);
+        this.journals.set(input.invocationId, journal);
+        return true;
+      }
+      case "commit":
+        this.applyCommit(record.kind.value);
+        return true;
+      case "fence":
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  private applyCommit(commit: Commit) {
+    for (const id of commit.consumed) this.pending.delete(id);
+    for (const write of commit.stateWrites) {
+      const address = write.address;
+      if (address === undefined) continue;
+      const id = instanceId(address.type, address.key);
+      if (write.clear) this.instances.delete(id);
+      else this.instances.set(id, { type: address.type, key: address.key, state: write.state, expiresAtMs: Number(write.expiresAtMs) });
+    }
+    for (const entry of commit.outbox) {
+      if (entry.envelope !== undefined) this.outbox.set(entry.sequence, entry.envelope);
+      if (entry.sequence >= this.nextOutboxSequence) this.nextOutboxSequence = entry.sequence + 1n;
+    }
+    for (const cancellation of commit.cancellations) {
+      const delayed = this.pending.get(cancellation.envelopeId);
+      if (delayed !== undefined && delayed.deliverAtMs > 0n) this.pending.delete(cancellation.envelopeId);
+    }
+    for (const message of commit.egress) this.egress.set(message.id, message);
+    for (const memo of commit.memos) this.memos.set(memo.id, memo);
+    for (const sequence of commit.acked) this.outbox.delete(sequence);
+    for (const id of commit.finishedInvocations) this.journals.delete(id);
+    for (const id of commit.egressDelivered) this.egress.delete(id);
+  }
+
+  /** Drops memos past their retention. */
+  pruneMemos(nowMs: number) {
+    for (const [id, memo] of this.memos) if (memo.expiresAtMs > 0n && memo.expiresAtMs < BigInt(nowMs)) this.memos.delete(id);
+  }
+
+  toSnapshot(): ShardSnapshot {
+    return create(ShardSnapshotSchema, {
+      shard: this.shard,
+      sequence: this.sequence,
+      instances: [...this.instances.values()].map((i) => ({ type: i.type, key: i.key, state: i.state, expiresAtMs: BigInt(i.expiresAtMs) })),
+      pending: [...this.pending.values()],
+      outbox: [...this.outbox].map(([sequence, envelope]) => ({ sequence, envelope })),
+      memos: [...this.memos.values()],
+      watermarks: [...this.watermarks].map(([shard, sequence]) => ({ shard, sequence })),
+      journals: [...this.journals].map(([invocationId, results]) => ({ invocationId, results })),
+      nextOutboxSequence: this.nextOutboxSequence,
+      egress: [...this.egress.values()],
+    });
+  }
+
+  static fromSnapshot(snapshot: ShardSnapshot): ShardState {
+    const state = new ShardState(snapshot.shard);
+    state.sequence = snapshot.sequence;
+    for (const i of snapshot.instances) {
+      state.instances.set(instanceId(i.type, i.key), { type: i.type, key: i.key, state: i.state, expiresAtMs: Number(i.expiresAtMs) });
+    }
+    for (const envelope of snapshot.pending) state.pending.set(envelope.id, envelope);
+    for (const entry of snapshot.outbox) if (entry.envelope !== undefined) state.outbox.set(entry.sequence, entry.envelope);
+    for (const memo of snapshot.memos) state.memos.set(memo.id, memo);
+    for (const w of snapshot.watermarks) state.watermarks.set(w.shard, w.sequence);
+    for (const j of snapshot.journals) state.journals.set(j.invocationId, [...j.results]);
+    for (const message of snapshot.egress) state.egress.set(message.id, message);
+    state.nextOutboxSequence = snapshot.nextOutboxSequence > 0n ? snapshot.nextOutboxSequence : 1n;
+    return state;
+  }
+}

@@ -1,0 +1,176 @@
+// The Connect ingress over real sockets (HTTP/1.1 and h2c on one port): typed
+// clients, curl-style JSON, and bad input of every kind.
+import { connect as http2Connect } from "node:http2";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError, type Transport } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { createMemoryStorage, createRuntime, listen, type Runtime, type RuntimeServer } from "@shoal/runtime";
+import { implement, ShoalError } from "@shoal/sdk";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { GreetRequestSchema } from "../examples/greeter/src/gen/greeter/v1/greeter_pb.js";
+import { createGreeterClient, GreeterFunction } from "../examples/greeter/src/gen/greeter/v1/greeter_shoal.js";
+import { greeter } from "../examples/greeter/src/greeter.js";
+import { createAccountClient } from "../examples/bank/src/gen/bank/v1/account_shoal.js";
+
+let runtime: Runtime;
+let server: RuntimeServer;
+let attempts = 0;
+
+beforeAll(async () => {
+  runtime = createRuntime({
+    functions: [
+      implement(GreeterFunction, {
+        ...greeter,
+        greet(req, ctx) {
+          if (req.name === "crash") {
+            attempts++;
+            throw new Error("the greeter tripped");
+          }
+          if (req.name === "refuse") throw new ShoalError(Code.PermissionDenied, "not greeting refuse");
+          return greeter.greet(req, ctx);
+        },
+      }),
+    ],
+    storage: createMemoryStorage(),
+    shards: 8,
+    maxRequestBytes: 1024,
+    retry: { maxAttempts: 3, initialDelayMs: 1, maxDelayMs: 1 },
+    logger: "silent",
+  });
+  await runtime.start();
+  server = await listen(runtime, { port: 0 });
+});
+afterAll(async () => {
+  await server.close();
+  await runtime.close();
+});
+
+const transports: Record<string, () => Transport> = {
+  "connect over HTTP/1.1": () => createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }),
+  "connect over h2c": () => createConnectTransport({ baseUrl: server.url, httpVersion: "2" }),
+  "gRPC over h2c": () => createGrpcTransport({ baseUrl: server.url }),
+  "gRPC-web over HTTP/1.1": () => createGrpcWebTransport({ baseUrl: server.url, httpVersion: "1.1" }),
+};
+
+describe.each(Object.entries(transports))("%s", (name, makeTransport) => {
+  it("calls a handler and gets the committed reply", async () => {
+    const client = createGreeterClient(makeTransport());
+    const who = `ada-${name}`;
+    expect(await client.greet({ name: who })).toMatchObject({ greeting: `Hello, ${who}!`, times: 1 });
+    expect(await client.greet({ name: who })).toMatchObject({ times: 2 });
+    expect(await client.count({ name: who })).toMatchObject({ times: 2 });
+  });
+
+  it("sends one-way and answers with the message id", async () => {
+    const client = createGreeterClient(makeTransport());
+    const receipt = await client.send.greet({ name: `send-${name}` });
+    expect(receipt.messageId).not.toBe("");
+    await runtime.whenIdle();
+    await expect.poll(() => runtime.stateOf(GreeterFunction, `send-${name}`)?.times).toBe(1);
+  });
+
+  it("answers InvalidArgument naming the key field when the key is empty", async () => {
+    const err = await createGreeterClient(makeTransport())
+      .greet({ name: "" })
+      .catch((e) => ConnectError.from(e));
+    expect(err.code).toBe(Code.InvalidArgument);
+    expect(err.rawMessage).toContain("greeter.v1.GreetRequest.name");
+  });
+
+  it("returns a ShoalError's code and message", async () => {
+    const err = await createGreeterClient(makeTransport())
+      .greet({ name: "refuse" })
+      .catch((e) => ConnectError.from(e));
+    expect(err.code).toBe(Code.PermissionDenied);
+    expect(err.rawMessage).toBe("not greeting refuse");
+  });
+
+  it("refuses a body over the size limit with ResourceExhausted", async () => {
+    const err = await createGreeterClient(makeTransport())
+      .greet({ name: "x".repeat(5000) })
+      .catch((e) => ConnectError.from(e));
+    expect(err.code).toBe(Code.ResourceExhausted);
+  });
+});
+
+it("retries a handler that throws, then answers Internal naming the handler", async () => {
+  attempts = 0;
+  const err = await createGreeterClient(transports["connect over HTTP/1.1"]!())
+    .greet({ name: "crash" })
+    .catch((e) => ConnectError.from(e));
+  expect(err.code).toBe(Code.Internal);
+  expect(err.rawMessage).toBe("greeter.v1.Greeter.Greet failed after 3 attempts: the greeter tripped");
+  expect(attempts).toBe(3);
+  // The process and the instance still work.
+  expect(await createGreeterClient(transports["connect over h2c"]!()).greet({ name: "after-crash" })).toMatchObject({ times: 1 });
+});
+
+describe("raw HTTP", () => {
+  const post = (path: string, body: BodyInit, contentType = "application/json", headers: Record<string, string> = {}) =>
+    fetch(`${server.url}${path}`, { method: "POST", headers: { "content-type": contentType, ...headers }, body });
+
+  it("serves Connect JSON as curl sends it", async () => {
+    const res = await post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "curl" }));
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ greeting: "Hello, curl!", times: 1 });
+  });
+
+  it("answers an unknown service or method with Unimplemented", async () => {
+    for (const path of ["/nope.v1.Nothing/Greet", "/greeter.v1.Greeter/Nope"]) {
+      const res = await post(path, "{}");
+      expect(res.status).toBe(404);
+    }
+    // A generated client of a function this runtime does not run.
+    const err = await createAccountClient(createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }))
+      .get({ account: "a" })
+      .catch((e: unknown) => ConnectError.from(e));
+    expect(err.code).toBe(Code.Unimplemented);
+  });
+
+  it("answers malformed JSON with InvalidArgument", async () => {
+    const res = await post("/greeter.v1.Greeter/Greet", "{not json");
+    expect(res.status).toBe(400);
+    expect(await res.json()).toMatchObject({ code: "invalid_argument" });
+    const wrongType = await post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: 42 }));
+    expect(await wrongType.json()).toMatchObject({ code: "invalid_argument" });
+  });
+
+  it("answers a malformed binary body with InvalidArgument", async () => {
+    const res = await post("/greeter.v1.Greeter/Greet", new Uint8Array([0x0a, 0xff, 0x01]), "application/proto");
+    expect(res.status).toBe(400);
+    const valid = toBinary(GreetRequestSchema, create(GreetRequestSchema, { name: "bin" }));
+    const ok = await post("/greeter.v1.Greeter/Greet", valid, "application/proto");
+    expect(ok.status).toBe(200);
+  });
+
+  it("answers an oversized JSON body with ResourceExhausted", async () => {
+    const res = await post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "y".repeat(4000) }));
+    expect(await res.json()).toMatchObject({ code: "resource_exhausted" });
+  });
+
+  it("rejects a bad Shoal-Delay-Ms header", async () => {
+    const res = await post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "d" }), "application/json", {
+      "shoal-send": "1",
+      "shoal-delay-ms": "soon",
+    });
+    expect(await res.json()).toMatchObject({ code: "invalid_argument", message: expect.stringContaining("shoal-delay-ms") });
+  });
+
+  it("speaks h2c with prior knowledge on the same port", async () => {
+    const session = http2Connect(server.url);
+    try {
+      const body = await new Promise<string>((resolve, reject) => {
+        const req = session.request({ ":method": "POST", ":path": "/greeter.v1.Greeter/Greet", "content-type": "application/json" });
+        let data = "";
+        req.setEncoding("utf8");
+        req.on("data", (chunk) => (data += chunk));
+        req.on("end", () => resolve(data));
+        req.on("error", reject);
+        req.end(JSON.stringify({ name: "h2" }));
+      });
+      expect(JSON.parse(body)).toEqual({ greeting: "Hello, h2!", times: 1 });
+    } finally {
+      session.close();
+    }
+  });
+});

@@ -1,0 +1,27 @@
+import { fileURLToPath } from "node:url";
+import { defineConfig } from "vitest/config";
+
+const src = (path: string) => fileURLToPath(new URL(`./packages/${path}`, import.meta.url));
+
+export default defineConfig({
+  // Tests run the workspace packages from source; processes that tests spawn
+  // run the built dist, as users do.
+  resolve: {
+    alias: [
+      { find: /^@shoal\/sdk\/gen\/(.*)\.js$/, replacement: src("sdk/src/gen/$1.ts") },
+      { find: /^@shoal\/sdk\/internal$/, replacement: src("sdk/src/internal.ts") },
+      { find: /^@shoal\/sdk$/, replacement: src("sdk/src/index.ts") },
+      { find: /^@shoal\/runtime\/internal$/, replacement: src("runtime/src/internal.ts") },
+      { find: /^@shoal\/runtime$/, replacement: src("runtime/src/index.ts") },
+      { find: /^@shoal\/testing$/, replacement: src("testing/src/index.ts") },
+    ],
+  },
+  test: {
+    include: ["packages/*/src/**/*.test.ts", "examples/*/src/**/*.test.ts", "test/**/*.test.ts"],
+    exclude: ["**/node_modules/**", "**/dist/**"],
+    testTimeout: 30_000,
+    hookTimeout: 60_000,
+    // Crash and end-to-end tests start processes: keep the 2-core machine from thrashing.
+    maxWorkers: 2,
+  },
+});
