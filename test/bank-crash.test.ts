@@ -48,8 +48,9 @@ it(`keeps every transfer exactly once across ${kills} SIGKILLs`, { timeout: 300_
   // Let the client run against a healthy runtime for a moment, then drain.
   await new Promise((resolve) => setTimeout(resolve, 500));
   client.process.kill("SIGTERM");
-  const summaryLine = (await client.waitFor(/\{"summary".*\}/, 180_000))[0];
   await client.exited;
+  const summaryLine = client.stdout().split("\n").find((line) => line.startsWith('{"summary"'));
+  if (summaryLine === undefined) throw new Error(`the load client printed no summary; stderr:\n${client.stderr()}`);
   const { acknowledged, refused, abandoned, retries } = JSON.parse(summaryLine).summary as {
     acknowledged: Transfer[];
     refused: Array<Transfer & { code: string; message: string }>;

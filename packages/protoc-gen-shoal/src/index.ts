@@ -1,0 +1,1 @@
+export { protocGenShoal } from "./protoc-gen-shoal-plugin.js";
