@@ -51,6 +51,11 @@ export function createManualClock(startMs: number = Date.now()): ManualClock {
   return {
     now: () => now,
     schedule(ms, fn) {
+      if (ms <= 0) {
+        // Already due (a timer recovered after its time): fire soon, as the wall clock does.
+        const handle = setImmediate(fn);
+        return () => clearImmediate(handle);
+      }
       const id = nextId++;
       timers.set(id, { at: now + Math.max(0, ms), fn });
       return () => timers.delete(id);

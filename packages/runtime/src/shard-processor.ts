@@ -225,8 +225,10 @@ export class ShardProcessor {
     if (this.closed) throw new ShardUnavailableError(`shard ${this.shard} is closed`);
     const memoId = memoIdOf(envelope);
     if (memoId !== undefined) {
-      const memo = this.state.memos.get(memoId);
+      let memo = this.state.memos.get(memoId);
       const hash = envelopeHash(envelope);
+      // Past its retention a memo is forgotten, even before a snapshot prunes it.
+      if (memo !== undefined && memo.expiresAtMs > 0n && memo.expiresAtMs < BigInt(this.host.clock.now())) memo = undefined;
       if (memo !== undefined) {
         if (!sameBytes(memo.requestHash, hash)) {
           waiter?.(this.mismatch(envelope));
@@ -704,6 +706,17 @@ export class ShardProcessor {
 
   /** Stops accepting work and closes the log. */
   async close(): Promise<void> {
+    // Record deliveries that happened, so a graceful restart does not repeat them.
+    if (this.failed === undefined && !this.closed && (this.pendingAcks.length > 0 || this.pendingEgressDelivered.length > 0)) {
+      const commit = create(CommitSchema, { acked: this.pendingAcks, egressDelivered: this.pendingEgressDelivered });
+      this.pendingAcks = [];
+      this.pendingEgressDelivered = [];
+      try {
+        await this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit } })]);
+      } catch {
+        // they are delivered again after the restart: at-least-once
+      }
+    }
     this.closed = true;
     for (const cancel of this.timers.values()) cancel();
     for (const cancel of this.expiryTimers.values()) cancel();

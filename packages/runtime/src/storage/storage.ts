@@ -16,6 +16,18 @@ export interface StorageBackend {
   openShard(shard: number, owner: string): Promise<ShardLog>;
   /** Flushes what is pending and releases files and connections. */
   close(): Promise<void>;
+  /** Counters of durable writes so far, for benchmarks and metrics. */
+  stats?(): StorageStats;
+}
+
+/** What a backend's durable writes have covered since it was opened. */
+export interface StorageStats {
+  /** Durable writes (group commits) completed: fsyncs for `local`. */
+  readonly groups: number;
+  /** Records those writes covered. */
+  readonly records: number;
+  /** Bytes those writes covered, including the backend's framing. */
+  readonly bytes: number;
 }
 
 /** A record of a shard's log with its position. */
@@ -29,7 +41,11 @@ export interface SequencedRecord {
 export interface RecoveredShard {
   /** The latest valid snapshot, if any. */
   readonly snapshot: ShardSnapshot | undefined;
-  /** Every record after the snapshot (sequence > snapshot.sequence), in log order. */
+  /**
+   * Every record after the snapshot (sequence > snapshot.sequence), in log
+   * order. This includes the `fence` records `openShard` writes, the current
+   * owner's among them; replay skips them.
+   */
   readonly records: readonly SequencedRecord[];
 }
 
@@ -56,11 +72,19 @@ export interface ShardLog {
    * Appends records in order. Appends are ordered across calls; a backend
    * batches concurrent appends (of all shards) into one durable write: a
    * group commit. Throws `FencedError` at once when fenced.
+   *
+   * Once a `durable` of this handle rejects, later records may depend on
+   * records that were lost, so the handle refuses further appends and
+   * snapshots with `StorageError`: open the shard again (a new epoch) and
+   * rebuild from `recover()`. A rejected record may still turn up after a
+   * crash (the write may have reached the disk): treat it as unknown.
    */
   append(records: readonly LogRecord[]): AppendResult;
   /**
    * Stores a snapshot covering the log up to `snapshot.sequence` (which must be
    * durable already) and lets the backend drop records at or below it.
+   * Rejects with `StorageError` when `snapshot.shard` is another shard, the
+   * sequence is not durable yet, or it is below the stored snapshot's.
    */
   writeSnapshot(snapshot: ShardSnapshot): Promise<void>;
   /** Stops using the log; pending appends still complete. */

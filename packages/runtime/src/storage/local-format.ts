@@ -1,0 +1,180 @@
+// The on-disk format of the local backend: checksummed frames in log segments
+// and snapshot files.
+//
+// Frame:   [u32 payload length][u32 crc32 of payload][payload]      (little endian)
+// Log record payload:
+//          [u8 format = 1][u8 flags][u32 shard][u64 sequence][LogRecord, protobuf binary]
+// Snapshot file: one frame whose payload is
+//          [u8 format = 1][u32 shard][u64 sequence][u64 epoch][ShardSnapshot, protobuf binary]
+//
+// The fixed headers keep what recovery needs to route and order records out of
+// the protobuf, so opening a directory decodes only the fence records. A reader
+// refuses a format byte it does not know rather than guessing: a newer runtime
+// that changes a layout bumps it.
+import { crc32 } from "node:zlib";
+
+/** Length and checksum before every payload. */
+export const FRAME_HEADER_BYTES = 8;
+/** A payload longer than this is refused on write and taken as damage on read. */
+export const MAX_PAYLOAD_BYTES = 1024 * 1024 * 1024;
+
+/** Fixed header of a log record's payload, before the LogRecord bytes. */
+export const RECORD_HEADER_BYTES = 14;
+const RECORD_FORMAT = 1;
+/**
+ * Set on the first frame of each group commit. Groups are written one after
+ * the other, each fsync'd before the next starts, so a valid group start after
+ * a damaged frame proves the damaged frame had been made durable: that is
+ * corruption, not a torn write.
+ */
+export const FLAG_GROUP_START = 1;
+/** Set on the fence records `openShard` writes, so recovery finds epochs without decoding every record. */
+export const FLAG_FENCE = 2;
+
+const SNAPSHOT_HEADER_BYTES = 21;
+const SNAPSHOT_FORMAT = 1;
+
+/** Size of the frame holding a record of `recordBytes` bytes. */
+export function recordFrameBytes(recordBytes: number): number {
+  return FRAME_HEADER_BYTES + RECORD_HEADER_BYTES + recordBytes;
+}
+
+/** Writes one record frame into `buf` at `offset` and returns the offset after it. */
+export function writeRecordFrame(
+  buf: Buffer,
+  offset: number,
+  flags: number,
+  shard: number,
+  sequence: bigint,
+  record: Uint8Array,
+): number {
+  const payload = offset + FRAME_HEADER_BYTES;
+  buf.writeUInt8(RECORD_FORMAT, payload);
+  buf.writeUInt8(flags, payload + 1);
+  buf.writeUInt32LE(shard, payload + 2);
+  buf.writeBigUInt64LE(sequence, payload + 6);
+  buf.set(record, payload + RECORD_HEADER_BYTES);
+  const length = RECORD_HEADER_BYTES + record.length;
+  buf.writeUInt32LE(length, offset);
+  buf.writeUInt32LE(crc32(buf.subarray(payload, payload + length)), offset + 4);
+  return payload + length;
+}
+
+/** A frame that passed its checks: the payload is `buf[payloadStart, end)`. */
+export interface GoodFrame {
+  readonly ok: true;
+  readonly payloadStart: number;
+  readonly end: number;
+}
+
+/** A frame that did not: `problem` says why, for the error message. */
+export interface BadFrame {
+  readonly ok: false;
+  readonly problem: string;
+}
+
+/** Checks the frame at `offset`: complete, of a plausible length, checksum right. */
+export function checkFrame(buf: Buffer, offset: number, minPayload: number): GoodFrame | BadFrame {
+  const available = buf.length - offset;
+  if (available < FRAME_HEADER_BYTES) {
+    return { ok: false, problem: `incomplete frame header (${available} of ${FRAME_HEADER_BYTES} bytes)` };
+  }
+  const length = buf.readUInt32LE(offset);
+  if (length < minPayload || length > MAX_PAYLOAD_BYTES) {
+    return { ok: false, problem: `invalid frame length ${length}` };
+  }
+  const payloadStart = offset + FRAME_HEADER_BYTES;
+  const end = payloadStart + length;
+  if (end > buf.length) {
+    return { ok: false, problem: `incomplete frame (${buf.length - payloadStart} of ${length} payload bytes)` };
+  }
+  if (crc32(buf.subarray(payloadStart, end)) !== buf.readUInt32LE(offset + 4)) {
+    return { ok: false, problem: "checksum mismatch" };
+  }
+  return { ok: true, payloadStart, end };
+}
+
+/** The fixed header of a log record frame that passed `checkFrame`. */
+export interface RecordHeader {
+  readonly flags: number;
+  readonly shard: number;
+  readonly sequence: bigint;
+  /** Where the LogRecord bytes start. */
+  readonly recordStart: number;
+}
+
+/** Reads a record header, or returns a problem when its format is unknown. */
+export function readRecordHeader(buf: Buffer, frame: GoodFrame): RecordHeader | string {
+  const p = frame.payloadStart;
+  const format = buf.readUInt8(p);
+  if (format !== RECORD_FORMAT) {
+    return `unknown record format ${format} (written by a newer Shoal runtime?)`;
+  }
+  return {
+    flags: buf.readUInt8(p + 1),
+    shard: buf.readUInt32LE(p + 2),
+    sequence: buf.readBigUInt64LE(p + 6),
+    recordStart: p + RECORD_HEADER_BYTES,
+  };
+}
+
+/**
+ * Looks for a valid group-start frame at any byte offset from `from` on.
+ * Only used after a damaged frame in the last segment, where frame boundaries
+ * cannot be trusted, so it tries every offset; the cheap header tests run
+ * before the checksum, which keeps the scan fast on garbage.
+ */
+export function findGroupStart(buf: Buffer, from: number): number | undefined {
+  const last = buf.length - FRAME_HEADER_BYTES - RECORD_HEADER_BYTES;
+  for (let at = from; at <= last; at++) {
+    const p = at + FRAME_HEADER_BYTES;
+    if (buf[p] !== RECORD_FORMAT || ((buf[p + 1] ?? 0) & FLAG_GROUP_START) === 0) continue;
+    const length = buf.readUInt32LE(at);
+    if (length < RECORD_HEADER_BYTES || p + length > buf.length) continue;
+    if (checkFrame(buf, at, RECORD_HEADER_BYTES).ok) return at;
+  }
+  return undefined;
+}
+
+/** Frames a snapshot file's content. */
+export function encodeSnapshotFile(shard: number, sequence: bigint, epoch: bigint, snapshot: Uint8Array): Buffer {
+  const length = SNAPSHOT_HEADER_BYTES + snapshot.length;
+  if (length > MAX_PAYLOAD_BYTES) {
+    throw new RangeError(`snapshot of ${snapshot.length} bytes exceeds the limit of ${MAX_PAYLOAD_BYTES} bytes`);
+  }
+  const buf = Buffer.allocUnsafe(FRAME_HEADER_BYTES + length);
+  const p = FRAME_HEADER_BYTES;
+  buf.writeUInt8(SNAPSHOT_FORMAT, p);
+  buf.writeUInt32LE(shard, p + 1);
+  buf.writeBigUInt64LE(sequence, p + 5);
+  buf.writeBigUInt64LE(epoch, p + 13);
+  buf.set(snapshot, p + SNAPSHOT_HEADER_BYTES);
+  buf.writeUInt32LE(length, 0);
+  buf.writeUInt32LE(crc32(buf.subarray(p)), 4);
+  return buf;
+}
+
+/** A snapshot file's content after its checks. */
+export interface SnapshotFile {
+  readonly shard: number;
+  readonly sequence: bigint;
+  /** The epoch of the owner that wrote it: epochs must survive the truncation of their fence records. */
+  readonly epoch: bigint;
+  readonly snapshot: Uint8Array;
+}
+
+/** Checks and unframes a snapshot file, or returns what is wrong with it. */
+export function decodeSnapshotFile(buf: Buffer): SnapshotFile | string {
+  const frame = checkFrame(buf, 0, SNAPSHOT_HEADER_BYTES);
+  if (!frame.ok) return frame.problem;
+  if (frame.end !== buf.length) return `${buf.length - frame.end} unexpected bytes after the snapshot`;
+  const p = frame.payloadStart;
+  const format = buf.readUInt8(p);
+  if (format !== SNAPSHOT_FORMAT) return `unknown snapshot format ${format} (written by a newer Shoal runtime?)`;
+  return {
+    shard: buf.readUInt32LE(p + 1),
+    sequence: buf.readBigUInt64LE(p + 5),
+    epoch: buf.readBigUInt64LE(p + 13),
+    snapshot: buf.subarray(p + SNAPSHOT_HEADER_BYTES, frame.end),
+  };
+}

@@ -1,0 +1,27 @@
+import { create } from "@bufbuild/protobuf";
+import { LogRecordSchema } from "@shoal/sdk/internal";
+import { expect, it } from "vitest";
+import { createMemoryStorage } from "./memory-storage.js";
+import { describeStorageConformance } from "./storage.conformance.js";
+
+describeStorageConformance(
+  "memory",
+  async () => ({
+    backend: createMemoryStorage(),
+    async cleanup() {},
+  }),
+  { survivesRestart: false, canTearWrites: false },
+);
+
+it("memory storage makes appends durable on a microtask, in one group", async () => {
+  const storage = createMemoryStorage();
+  const log = await storage.openShard(0, "node-a");
+  const before = storage.stats?.();
+  let durable = 0;
+  for (let i = 0; i < 3; i++) void log.append([create(LogRecordSchema, {})]).durable.then(() => durable++);
+  expect(durable).toBe(0);
+  await Promise.resolve();
+  await Promise.resolve();
+  expect(durable).toBe(3);
+  expect((storage.stats?.().groups ?? 0) - (before?.groups ?? 0)).toBe(1);
+});
