@@ -40,6 +40,7 @@ export function createCli(): Command {
     .option("-d, --data-dir <dir>", "where the local store keeps its files", ".shoal")
     .option("--shards <n>", "number of shards", intArg, 64)
     .option("--memory", "keep state in memory only (lost on exit)")
+    .option("--snapshot-every <records>", "records after which a shard writes a snapshot", intArg, 10_000)
     .option("--log-level <level>", "debug, info, warn, error or silent", "info")
     .action(async (modulePath: string, opts) => {
       try {
@@ -47,6 +48,7 @@ export function createCli(): Command {
           shards: opts.shards,
           ingress: { host: opts.host, port: opts.port },
           storage: opts.memory ? { backend: "memory" } : { backend: "local", directory: resolve(opts.dataDir) },
+          snapshotEvery: opts.snapshotEvery,
           log: { level: opts.logLevel },
         });
         await runUntilSignal(config, resolve(modulePath), (url) => `shoal dev: serving ${modulePath} at ${url}\n`);

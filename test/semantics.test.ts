@@ -1,0 +1,203 @@
+// The runtime's contracts (DESIGN §7) on the in-process test env: call
+// cycles fail fast, exclusive handlers run in arrival order, shared handlers
+// run while the instance is locked, and nothing leaves a shard before its
+// commit is durable.
+import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
+import { createMemoryStorage, createRuntime, type Egress, type StorageBackend } from "@shoal/runtime";
+import { createFunctionClient, implement } from "@shoal/sdk";
+import { createTestEnv } from "@shoal/testing";
+import { describe, expect, it } from "vitest";
+import { account } from "../examples/bank/src/account.js";
+import { AccountFunction } from "../examples/bank/src/gen/bank/v1/account_shoal.js";
+import { GreeterFunction } from "../examples/greeter/src/gen/greeter/v1/greeter_shoal.js";
+import { greeter } from "../examples/greeter/src/greeter.js";
+
+const deposit = (accountName: string, amount: bigint, transferId = "") => ({ account: accountName, amount, transferId });
+
+describe("call cycles", () => {
+  it("fail at once with FailedPrecondition naming the cycle (A -> B -> A)", async () => {
+    const env = await createTestEnv({
+      functions: [
+        implement(AccountFunction, {
+          ...account,
+          async deposit(req, ctx) {
+            // b's deposit calls back into a, which is locked awaiting b.
+            if (ctx.key === "b") await ctx.call(AccountFunction).deposit(deposit("a", 1n));
+            return account.deposit(req, ctx);
+          },
+        }),
+      ],
+    });
+    try {
+      const client = env.client(AccountFunction);
+      await client.deposit(deposit("a", 100n));
+      const err = await client.transfer({ account: "a", to: "b", amount: 10n, transferId: "t" }).catch((e) => ConnectError.from(e));
+      expect(err.code).toBe(Code.FailedPrecondition);
+      expect(err.rawMessage).toBe("call cycle: bank.v1.Account/a -> bank.v1.Account/b -> bank.v1.Account/a (the instance is locked awaiting this call)");
+      expect(env.stateOf(AccountFunction, "a")?.balance).toBe(100n);
+      expect(env.stateOf(AccountFunction, "b")).toBeUndefined();
+    } finally {
+      await env.close();
+    }
+  });
+
+  it("fail at once when two chains would wait for each other (a -> b while b -> a)", async () => {
+    let started = 0;
+    let bothStarted: () => void = () => {};
+    const gate = new Promise<void>((resolve) => (bothStarted = resolve));
+    const env = await createTestEnv({
+      functions: [
+        implement(AccountFunction, {
+          ...account,
+          async transfer(req, ctx) {
+            if (++started === 2) bothStarted();
+            await gate;
+            return account.transfer(req, ctx);
+          },
+        }),
+      ],
+    });
+    try {
+      const client = env.client(AccountFunction);
+      await client.deposit(deposit("a", 100n));
+      await client.deposit(deposit("b", 100n));
+      const results = await Promise.all([
+        client.transfer({ account: "a", to: "b", amount: 10n, transferId: "ab" }).catch((e) => ConnectError.from(e)),
+        client.transfer({ account: "b", to: "a", amount: 20n, transferId: "ba" }).catch((e) => ConnectError.from(e)),
+      ]);
+      const failures = results.filter((r) => r instanceof ConnectError);
+      expect(failures).toHaveLength(1);
+      expect(failures[0]?.code).toBe(Code.FailedPrecondition);
+      expect(failures[0]?.rawMessage).toMatch(/^call cycle: bank\.v1\.Account\/(a|b) -> bank\.v1\.Account\/(a|b) -> bank\.v1\.Account\/(a|b) \(each instance is locked awaiting the next\)$/);
+      const a = env.stateOf(AccountFunction, "a")?.balance ?? 0n;
+      const b = env.stateOf(AccountFunction, "b")?.balance ?? 0n;
+      expect(a + b).toBe(200n);
+      expect([a, b]).not.toEqual([100n, 100n]);
+    } finally {
+      await env.close();
+    }
+  });
+});
+
+describe("ordering and concurrency", () => {
+  it("runs exclusive handlers of one instance one at a time, in arrival order", async () => {
+    const env = await createTestEnv({ functions: [implement(AccountFunction, account)] });
+    try {
+      const client = env.client(AccountFunction);
+      for (let i = 0; i < 30; i++) await client.send.deposit(deposit("o", 1n, `d${i}`));
+      await env.settled();
+      expect(env.stateOf(AccountFunction, "o")?.ledger.map((e) => e.transferId)).toEqual(Array.from({ length: 30 }, (_, i) => `d${i}`));
+    } finally {
+      await env.close();
+    }
+  });
+
+  it("runs shared handlers while the instance is locked, on the last committed state", async () => {
+    let release: () => void = () => {};
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const env = await createTestEnv({
+      functions: [
+        implement(AccountFunction, {
+          ...account,
+          async withdraw(req, ctx) {
+            const reply = account.withdraw(req, ctx);
+            await held;
+            return reply;
+          },
+        }),
+      ],
+    });
+    try {
+      const client = env.client(AccountFunction);
+      await client.deposit(deposit("s", 50n));
+      const withdrawing = client.withdraw({ account: "s", amount: 20n });
+      // The exclusive withdraw holds the lock; the shared Get still answers, with the committed 50.
+      expect(await client.get({ account: "s" })).toMatchObject({ balance: 50n });
+      release();
+      expect(await withdrawing).toMatchObject({ balance: 30n });
+      expect(await client.get({ account: "s" })).toMatchObject({ balance: 30n });
+    } finally {
+      await env.close();
+    }
+  });
+});
+
+/** The memory store, but a group becomes durable only when the test says so. */
+function gatedStorage(): { storage: StorageBackend; open(): void; close(): void } {
+  const inner = createMemoryStorage();
+  let gate: Promise<void> = Promise.resolve();
+  let openGate: () => void = () => {};
+  return {
+    open: () => openGate(),
+    close() {
+      gate = new Promise<void>((resolve) => (openGate = resolve));
+    },
+    storage: {
+      name: "gated",
+      close: () => inner.close(),
+      async openShard(shard, owner) {
+        const log = await inner.openShard(shard, owner);
+        return {
+          shard: log.shard,
+          get epoch() {
+            return log.epoch;
+          },
+          recover: () => log.recover(),
+          writeSnapshot: (s) => log.writeSnapshot(s),
+          close: () => log.close(),
+          append(records) {
+            const result = log.append(records);
+            const waitFor = gate;
+            return { lastSequence: result.lastSequence, durable: result.durable.then(() => waitFor) };
+          },
+        };
+      },
+    },
+  };
+}
+
+it("releases replies and egress only once the commit holding them is durable", async () => {
+  const gated = gatedStorage();
+  const emitted: string[] = [];
+  const egress: Egress = {
+    async deliver(m) {
+      emitted.push(m.egress);
+    },
+  };
+  const runtime = createRuntime({
+    functions: [
+      implement(GreeterFunction, {
+        ...greeter,
+        greet(req, ctx) {
+          ctx.egress("audit", AccountFunction.service.method.get.output, { balance: 1n });
+          return greeter.greet(req, ctx);
+        },
+      }),
+    ],
+    storage: gated.storage,
+    shards: 2,
+    logger: "silent",
+    egress: { audit: egress },
+  });
+  await runtime.start();
+  try {
+    const client = createFunctionClient(GreeterFunction, createRouterTransport(runtime.routes));
+    gated.close();
+    let replied = false;
+    const reply = client.greet({ name: "gated" }).then((r) => {
+      replied = true;
+      return r;
+    });
+    await expect.poll(() => runtime.stateOf(GreeterFunction, "gated")?.times).toBe(1);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    // The handler ran and its state is applied in memory, but nothing left the shard.
+    expect(replied).toBe(false);
+    expect(emitted).toEqual([]);
+    gated.open();
+    expect(await reply).toMatchObject({ times: 1 });
+    await expect.poll(() => emitted).toEqual(["audit"]);
+  } finally {
+    gated.open();
+    await runtime.close();
+  }
+});
