@@ -12,11 +12,24 @@ import { join } from "node:path";
 
 const root = new URL("..", import.meta.url).pathname;
 const bin = (name) => join(root, "node_modules", ".bin", name);
-const run = (cmd, args) => execFileSync(cmd, args, { cwd: root, stdio: "inherit" });
+// buf finds protoc-gen-es on PATH, as it is under `npm run`.
+const env = { ...process.env, PATH: `${join(root, "node_modules", ".bin")}:${process.env.PATH}` };
+const run = (cmd, args) => execFileSync(cmd, args, { cwd: root, stdio: "inherit", env });
 
 rmSync(join(root, "packages/sdk/src/gen"), { recursive: true, force: true });
 run(bin("buf"), ["generate", "--template", "buf.gen.shoal.yaml", "--path", "proto/shoal"]);
 run(bin("tsc"), ["-b", "packages/sdk", "packages/protoc-gen-shoal"]);
+
+/**
+ * `buf generate` for one folder's protos. The workspace is given inline so a
+ * new folder under examples/ needs no edit of buf.yaml to build.
+ */
+function generateArgs(dir) {
+  const config = { version: "v2", modules: [{ path: "proto" }, { path: join(dir, "proto") }] };
+  // buf takes a module's folders, not the module root, as --path.
+  const paths = readdirSync(join(root, dir, "proto")).flatMap((entry) => ["--path", join(dir, "proto", entry)]);
+  return ["generate", ".", "--config", JSON.stringify(config), "--template", "buf.gen.yaml", ...paths, "-o", dir];
+}
 
 const userDirs = [
   ...readdirSync(join(root, "examples")).map((d) => join("examples", d)),
@@ -24,6 +37,6 @@ const userDirs = [
 ].filter((d) => existsSync(join(root, d, "proto")));
 for (const dir of userDirs) {
   rmSync(join(root, dir, "src/gen"), { recursive: true, force: true });
-  run(bin("buf"), ["generate", join(dir, "proto"), "--template", "buf.gen.yaml", "-o", dir]);
+  run(bin("buf"), generateArgs(dir));
 }
 run(bin("tsc"), ["-b", "tsconfig.json"]);
