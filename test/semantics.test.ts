@@ -201,3 +201,31 @@ it("releases replies and egress only once the commit holding them is durable", a
     await runtime.close();
   }
 });
+
+it("fails an invocation that emits to an egress that is not configured, committing nothing", async () => {
+  const runtime = createRuntime({
+    functions: [
+      implement(GreeterFunction, {
+        ...greeter,
+        greet(req, ctx) {
+          ctx.egress("nowhere", AccountFunction.service.method.get.output, { balance: 1n });
+          return greeter.greet(req, ctx);
+        },
+      }),
+    ],
+    storage: createMemoryStorage(),
+    shards: 1,
+    logger: "silent",
+  });
+  await runtime.start();
+  try {
+    const err = await createFunctionClient(GreeterFunction, createRouterTransport(runtime.routes))
+      .greet({ name: "e" })
+      .catch((e) => ConnectError.from(e));
+    expect(err.code).toBe(Code.FailedPrecondition);
+    expect(err.rawMessage).toBe('greeter.v1.Greeter.Greet: no egress named "nowhere" is configured (shoal.yaml egress)');
+    expect(runtime.stateOf(GreeterFunction, "e")).toBeUndefined();
+  } finally {
+    await runtime.close();
+  }
+});

@@ -155,6 +155,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       }
       return processorFor(shardFor(envelope)).submit(envelope);
     },
+    hasEgress: (name) => egressNamed(name) !== undefined,
     emitEgress(message: EgressMessage) {
       const target = egressNamed(message.egress);
       if (target === undefined) return Promise.reject(new Error(`no egress named "${message.egress}" is configured`));

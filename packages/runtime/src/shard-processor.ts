@@ -66,6 +66,8 @@ export interface ShardHost {
   call(envelope: Envelope): Promise<Reply>;
   /** Hands an outbox envelope to its target shard; resolves once the target has it durably. */
   deliver(envelope: Envelope): Promise<void>;
+  /** Whether an egress of this name is configured. */
+  hasEgress(name: string): boolean;
   /** Hands a committed egress message to its egress; resolves once delivered. */
   emitEgress(message: EgressMessage): Promise<void>;
   /** Storage failed under this shard: it stops and the node recovers it. */
@@ -492,6 +494,15 @@ export class ShardProcessor {
     }
     const commit: PendingEffects = {};
     const effects = outcome.effects;
+    const unknownEgress = effects.egress.find((e) => !this.host.hasEgress(e.egress));
+    if (unknownEgress !== undefined) {
+      // Committing it would keep an undeliverable message forever: fail the invocation instead.
+      log.error(`no egress named "${unknownEgress.egress}" is configured`);
+      return {
+        reply: errorReply(Code.FailedPrecondition, `${fn.typeName}.${info.name}: no egress named "${unknownEgress.egress}" is configured (shoal.yaml egress)`),
+        commit: outcome.journal.length > 0 ? { finishedInvocations: [envelope.id] } : {},
+      };
+    }
     const now = this.host.clock.now();
     if (effects.state.kind !== "keep") {
       const ttl = fn.stateTtlMs;
@@ -635,15 +646,27 @@ export class ShardProcessor {
     }
   }
 
-  private deliverOutbox(sequence: bigint, envelope: Envelope) {
-    this.host.deliver(envelope).then(
-      () => this.ack(sequence),
-      (err) => this.host.logger.warn(`shard ${this.shard}: outbox delivery ${sequence} failed; it is retried on recovery`, { error: String(err) }),
-    );
+  private deliverOutbox(sequence: bigint, envelope: Envelope, attempt = 0) {
+    if (this.closed || this.failed !== undefined) return;
+    // Until the receiver has it durably the entry stays in the outbox: retry
+    // (the receiver drops duplicates by source and sequence).
+    Promise.resolve()
+      .then(() => this.host.deliver(envelope))
+      .then(
+        () => this.ack(sequence),
+        (err) => {
+          const delay = Math.min(5_000, 50 * 2 ** attempt);
+          if (attempt === 3) this.host.logger.warn(`shard ${this.shard}: outbox delivery ${sequence} keeps failing; retrying`, { error: String(err) });
+          const timer = setTimeout(() => this.deliverOutbox(sequence, envelope, attempt + 1), delay);
+          timer.unref?.();
+        },
+      );
   }
 
   private emitEgress(message: EgressMessage) {
-    this.host.emitEgress(message).then(
+    Promise.resolve()
+      .then(() => this.host.emitEgress(message))
+      .then(
       () => {
         this.pendingEgressDelivered.push(message.id);
         this.scheduleAckFlush();
