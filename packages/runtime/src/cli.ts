@@ -1,7 +1,7 @@
 import { resolve } from "node:path";
 import { Command, InvalidArgumentError } from "commander";
 import { ConfigError, loadConfig, type ShoalConfig, validateConfig } from "./config.js";
-import { loadModule, startNode } from "./run-node.js";
+import { loadModule, type StartNodeOptions, startNode } from "./run-node.js";
 
 function intArg(value: string): number {
   const n = Number(value);
@@ -9,20 +9,34 @@ function intArg(value: string): number {
   return n;
 }
 
-async function runUntilSignal(config: ShoalConfig, modulePath: string, banner: (url: string) => string) {
+async function runUntilSignal(config: ShoalConfig, modulePath: string, banner: (url: string) => string, options?: StartNodeOptions) {
   const functions = await loadModule(modulePath);
-  const node = await startNode(config, functions);
+  const node = await startNode(config, functions, options);
   process.stdout.write(banner(node.server.url));
   const stop = async () => {
-    await node.close();
+    try {
+      await node.close();
+    } catch (err) {
+      fail(err);
+    }
     process.exit(0);
   };
   process.once("SIGINT", stop);
   process.once("SIGTERM", stop);
 }
 
+/** A mistake on the command line or a failure the CLI describes itself: printed without a stack or class name. */
+class CliError extends Error {
+  override name = "CliError";
+}
+
 function fail(err: unknown): never {
-  const message = err instanceof ConfigError ? err.message : err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+  const message =
+    err instanceof ConfigError || err instanceof CliError
+      ? err.message
+      : err instanceof Error
+        ? `${err.name}: ${err.message}`
+        : String(err);
   process.stderr.write(`shoal: ${message}\n`);
   process.exit(1);
 }
@@ -33,7 +47,7 @@ export function createCli(): Command {
 
   program
     .command("dev")
-    .description("run the runtime and your functions in one process, on the local durable store")
+    .description("run the runtime and your functions in one process, on the local durable store; egress messages go to stdout")
     .argument("<module>", "file whose default export is module(...) (.ts is fine)")
     .option("-p, --port <port>", "ingress port", intArg, 8080)
     .option("--host <host>", "ingress interface", "127.0.0.1")
@@ -51,7 +65,10 @@ export function createCli(): Command {
           snapshotEvery: opts.snapshotEvery,
           log: { level: opts.logLevel },
         });
-        await runUntilSignal(config, resolve(modulePath), (url) => `shoal dev: serving ${modulePath} at ${url}\n`);
+        // No config file in development: every egress name writes to stdout.
+        await runUntilSignal(config, resolve(modulePath), (url) => `shoal dev: serving ${modulePath} at ${url}\n`, {
+          anyEgressToStdout: true,
+        });
       } catch (err) {
         fail(err);
       }
@@ -84,14 +101,23 @@ export function createCli(): Command {
       try {
         JSON.parse(json);
       } catch (err) {
-        fail(new Error(`the request is not valid JSON: ${(err as Error).message}`));
+        fail(new CliError(`the request is not valid JSON: ${(err as Error).message}`));
       }
       const headers: Record<string, string> = { "content-type": "application/json" };
       if (opts.idempotencyKey) headers["idempotency-key"] = opts.idempotencyKey;
       if (opts.send) headers["shoal-send"] = "1";
       if (opts.delay !== undefined) headers["shoal-delay-ms"] = String(opts.delay);
+      const url = `${opts.url.replace(/\/$/, "")}/${method}`;
       try {
-        const res = await fetch(`${opts.url.replace(/\/$/, "")}/${method}`, { method: "POST", headers, body: json });
+        let res: Response;
+        try {
+          res = await fetch(url, { method: "POST", headers, body: json });
+        } catch (err) {
+          // fetch says only "fetch failed"; the reason (ECONNREFUSED, a bad URL, ...) is its cause.
+          const cause =
+            err instanceof Error && err.cause instanceof Error ? err.cause.message : err instanceof Error ? err.message : String(err);
+          throw new CliError(`cannot reach ${url}: ${cause}`);
+        }
         const text = await res.text();
         if (!res.ok) {
           process.stderr.write(`${text}\n`);

@@ -2,7 +2,7 @@ export { createRuntime } from "./runtime.js";
 export type { Runtime, RuntimeOptions } from "./runtime.js";
 export { listen } from "./server.js";
 export { startNode, loadModule } from "./run-node.js";
-export type { RunningNode } from "./run-node.js";
+export type { RunningNode, StartNodeOptions } from "./run-node.js";
 export { loadConfig, validateConfig, ConfigError } from "./config.js";
 export type { ShoalConfig } from "./config.js";
 export type { ListenOptions, RuntimeServer } from "./server.js";

@@ -1,4 +1,5 @@
 import { pathToFileURL } from "node:url";
+import { createRegistry } from "@bufbuild/protobuf";
 import { isModule, type ShoalModule } from "@shoal/sdk";
 import type { ShoalConfig } from "./config.js";
 import { createStdoutEgress, type Egress } from "./egress.js";
@@ -6,7 +7,6 @@ import { createRuntime, type Runtime } from "./runtime.js";
 import { listen, type RuntimeServer } from "./server.js";
 import { createLocalStorage } from "./storage/local-storage.js";
 import { createMemoryStorage } from "./storage/memory-storage.js";
-import { createRegistry } from "@bufbuild/protobuf";
 
 /**
  * Loads a module file (`export default module(...)`). TypeScript files are
@@ -27,7 +27,9 @@ export async function loadModule(path: string): Promise<ShoalModule> {
     candidate = (candidate as { default: unknown }).default;
   }
   if (!isModule(candidate)) {
-    throw new Error(`${path}: the default export is not a Shoal module; end the file with \`export default module(implement(XFunction, x), ...)\``);
+    throw new Error(
+      `${path}: the default export is not a Shoal module; end the file with \`export default module(implement(XFunction, x), ...)\``,
+    );
   }
   return candidate;
 }
@@ -39,35 +41,56 @@ export interface RunningNode {
   close(): Promise<void>;
 }
 
+/** Options of `startNode` beyond the config. */
+export interface StartNodeOptions {
+  /**
+   * Write messages to any egress name as JSON lines on stdout, configured or
+   * not, as `shoal dev` does. Default `false`: only the names under `egress`
+   * in the config (and `stdout`) exist, and an invocation that emits to
+   * another name fails.
+   */
+  readonly anyEgressToStdout?: boolean;
+}
+
 /** Starts a node as `shoal dev` and `shoal serve` do. */
-export async function startNode(config: ShoalConfig, functions: ShoalModule): Promise<RunningNode> {
+export async function startNode(config: ShoalConfig, functions: ShoalModule, options: StartNodeOptions = {}): Promise<RunningNode> {
   const storage =
     config.storage.backend === "memory"
       ? createMemoryStorage()
       : await createLocalStorage({ directory: config.storage.directory, fsync: config.storage.fsync });
   const files = functions.implementations.map((i) => i.fn.service.file);
   const registry = createRegistry(...files);
-  const egress: Record<string, Egress> = {};
-  for (const name of Object.keys(config.egress)) egress[name] = createStdoutEgress(registry);
-  const runtime = createRuntime({
-    functions,
-    storage,
-    shards: config.shards,
-    retry: config.retry,
-    memoRetentionMs: config.memoRetentionMs,
-    snapshotEvery: config.snapshotEvery,
-    maxConcurrentInvocations: config.maxConcurrentInvocations,
-    maxRequestBytes: config.ingress.maxRequestBytes,
-    egress,
-    logger: config.log.level,
-  });
+  const stdout = createStdoutEgress(registry);
+  const egress: Record<string, Egress> = options.anyEgressToStdout
+    ? new Proxy({}, { get: (_, name) => (typeof name === "string" ? stdout : undefined) })
+    : Object.fromEntries(Object.keys(config.egress).map((name) => [name, stdout]));
+  let runtime: Runtime;
+  try {
+    runtime = createRuntime({
+      functions,
+      storage,
+      shards: config.shards,
+      retry: config.retry,
+      memoRetentionMs: config.memoRetentionMs,
+      snapshotEvery: config.snapshotEvery,
+      maxConcurrentInvocations: config.maxConcurrentInvocations,
+      maxRequestBytes: config.ingress.maxRequestBytes,
+      egress,
+      logger: config.log.level,
+    });
+  } catch (err) {
+    await storage.close().catch(() => {});
+    throw err;
+  }
+  // A node that fails to start releases what it took (the local store's lock, the shards), so the caller may retry.
+  let server: RuntimeServer;
   try {
     await runtime.start();
+    server = await listen(runtime, { host: config.ingress.host, port: config.ingress.port });
   } catch (err) {
     await runtime.close().catch(() => {});
     throw err;
   }
-  const server = await listen(runtime, { host: config.ingress.host, port: config.ingress.port });
   return {
     runtime,
     server,

@@ -1,0 +1,287 @@
+// The `shoal` command as users run it: the built bin script (run `npm run
+// build` first) in a child process.
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, type Server } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+
+const repoRoot = fileURLToPath(new URL("../../../", import.meta.url));
+const bin = join(repoRoot, "packages/runtime/bin/shoal.js");
+const greeterModule = join(repoRoot, "examples/greeter/dist/module.js");
+
+let dir = "";
+const children = new Set<ChildProcess>();
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), "shoal-cli-"));
+});
+afterEach(() => {
+  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+  children.clear();
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+interface Exited {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** A running `shoal` process. */
+interface Shoal {
+  readonly child: ChildProcess;
+  /** Resolves with the first match of `pattern` on stdout. */
+  waitFor(pattern: RegExp): Promise<RegExpMatchArray>;
+  readonly exited: Promise<Exited>;
+}
+
+function start(args: readonly string[], cwd = dir): Shoal {
+  const child = spawn(process.execPath, [bin, ...args], { cwd, stdio: ["ignore", "pipe", "pipe"] });
+  children.add(child);
+  let stdout = "";
+  let stderr = "";
+  const listeners = new Set<() => void>();
+  child.stdout?.setEncoding("utf8").on("data", (chunk: string) => {
+    stdout += chunk;
+    for (const listener of listeners) listener();
+  });
+  child.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
+    stderr += chunk;
+  });
+  const exited = new Promise<Exited>((resolve, reject) => {
+    child.once("error", reject);
+    child.once("close", (code) => {
+      for (const listener of listeners) listener();
+      resolve({ code, stdout, stderr });
+    });
+  });
+  return {
+    child,
+    exited,
+    waitFor: (pattern) =>
+      new Promise((resolve, reject) => {
+        const check = () => {
+          const match = stdout.match(pattern);
+          if (match !== null) {
+            listeners.delete(check);
+            resolve(match);
+          } else if (child.exitCode !== null || child.signalCode !== null) {
+            listeners.delete(check);
+            reject(
+              new Error(
+                `shoal ${args.join(" ")} exited (${child.exitCode ?? child.signalCode}) before printing ${pattern}:\n${stdout}\n${stderr}`,
+              ),
+            );
+          }
+        };
+        listeners.add(check);
+        check();
+      }),
+  };
+}
+
+/** Runs `shoal` to its end. */
+function run(args: readonly string[]): Promise<Exited> {
+  return start(args).exited;
+}
+
+function writeFile(name: string, text: string): string {
+  const path = join(dir, name);
+  writeFileSync(path, text);
+  return path;
+}
+
+/** POSTs a Connect JSON request, as curl would. */
+async function post(url: string, body: unknown): Promise<{ status: number; json: unknown }> {
+  const res = await fetch(url, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  const text = await res.text();
+  return { status: res.status, json: text === "" ? undefined : JSON.parse(text) };
+}
+
+describe("shoal --help", () => {
+  it("lists the commands", async () => {
+    const { code, stdout } = await run(["--help"]);
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/^\s+dev \[options\] <module>/m);
+    expect(stdout).toMatch(/^\s+serve \[options\]/m);
+    expect(stdout).toMatch(/^\s+call \[options\] <method> \[json\]/m);
+  });
+
+  it("describes each command's options", async () => {
+    const { code, stdout } = await run(["serve", "--help"]);
+    expect(code).toBe(0);
+    expect(stdout).toContain("-c, --config <file>");
+  });
+});
+
+describe("shoal serve", () => {
+  it("exits 1 naming the key of an invalid config", async () => {
+    const path = writeFile("bad-key.yaml", `ingress:\n  prot: 80\nfunctions:\n  module: ${greeterModule}\n`);
+    const { code, stderr, stdout } = await run(["serve", "--config", path]);
+    expect(code).toBe(1);
+    expect(stdout).toBe("");
+    expect(stderr).toBe(`shoal: ${path}: ingress.prot: unknown key (expected one of: host, port, maxRequestBytes)\n`);
+  });
+
+  it("exits 1 naming the key of a wrong value", async () => {
+    const path = writeFile("bad-port.yaml", "ingress: { port: 99999 }\n");
+    const { code, stderr } = await run(["serve", "--config", path]);
+    expect(code).toBe(1);
+    expect(stderr).toBe(`shoal: ${path}: ingress.port: expected an integer from 0 to 65535, got 99999\n`);
+  });
+
+  it("exits 1 on invalid YAML, a missing file and a config without functions.module", async () => {
+    const yaml = await run(["serve", "--config", writeFile("broken.yaml", "shards: [1\n")]);
+    expect(yaml.code).toBe(1);
+    expect(yaml.stderr).toContain("broken.yaml: not valid YAML");
+
+    const missing = await run(["serve", "--config", join(dir, "nowhere.yaml")]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain("nowhere.yaml: cannot read the config file: ENOENT");
+
+    const path = writeFile("no-module.yaml", "storage: { backend: memory }\n");
+    const noModule = await run(["serve", "--config", path]);
+    expect(noModule.code).toBe(1);
+    expect(noModule.stderr).toBe(`shoal: ${path}: functions.module: required (the file to run)\n`);
+  });
+
+  it("reads shoal.yaml from the working directory by default", async () => {
+    writeFile("shoal.yaml", "shard: 4\n");
+    const { code, stderr } = await run(["serve"]);
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/^shoal: shoal\.yaml: shard: unknown key/);
+  });
+
+  it("serves the configured module over Connect JSON, answers `shoal call`, and exits 0 on SIGTERM", async () => {
+    const path = writeFile(
+      "serve.yaml",
+      [
+        "storage:",
+        "  backend: memory",
+        "ingress:",
+        "  port: 0",
+        "functions:",
+        `  module: ${greeterModule}`,
+        "log:",
+        "  level: warn",
+        "",
+      ].join("\n"),
+    );
+    const shoal = start(["serve", "--config", path]);
+    const [, url] = await shoal.waitFor(/^shoal serve: listening at (http:\/\/127\.0\.0\.1:\d+)\n/m);
+    expect(await post(`${url}/greeter.v1.Greeter/Greet`, { name: "joe" })).toEqual({
+      status: 200,
+      json: { greeting: "Hello, joe!", times: 1 },
+    });
+    expect(await post(`${url}/greeter.v1.Greeter/Greet`, { name: "joe" })).toMatchObject({ json: { times: 2 } });
+    // a Connect error for an unknown handler
+    expect(await post(`${url}/greeter.v1.Greeter/Shout`, { name: "joe" })).toMatchObject({ status: 404 });
+
+    const called = await run(["call", "greeter.v1.Greeter/Count", '{"name":"joe"}', "--url", `${url}`]);
+    expect(called).toMatchObject({ code: 0, stdout: '{"times":2}\n' });
+    const sent = await run(["call", "greeter.v1.Greeter/Greet", '{"name":"ann"}', "--url", `${url}/`, "--send"]);
+    expect(sent.code).toBe(0);
+    expect(JSON.parse(sent.stdout)).toEqual({ messageId: expect.any(String) });
+    const refused = await run(["call", "greeter.v1.Greeter/Greet", '{"nmae":"ann"}', "--url", `${url}`]);
+    expect(refused.code).toBe(1);
+    expect(JSON.parse(refused.stderr)).toMatchObject({ code: "invalid_argument" });
+
+    shoal.child.kill("SIGTERM");
+    const exited = await shoal.exited;
+    expect(exited.code).toBe(0);
+    expect(exited.stderr).toBe("");
+  });
+
+  it("exits 1 when the port is taken", async () => {
+    const blocker: Server = createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, "127.0.0.1", resolve));
+    try {
+      const address = blocker.address();
+      const port = typeof address === "object" && address !== null ? address.port : 0;
+      const path = writeFile(
+        "taken.yaml",
+        `storage: { backend: memory }\ningress: { port: ${port} }\nfunctions: { module: ${greeterModule} }\n`,
+      );
+      const { code, stderr } = await run(["serve", "--config", path]);
+      expect(code).toBe(1);
+      expect(stderr).toContain("EADDRINUSE");
+    } finally {
+      blocker.close();
+    }
+  });
+});
+
+describe("shoal dev", () => {
+  it("exits 1 when the file's default export is not a module", async () => {
+    const path = writeFile("not-a-module.mjs", "export default { greet() {} };\n");
+    const { code, stderr } = await run(["dev", path, "--memory", "--port", "0"]);
+    expect(code).toBe(1);
+    expect(stderr).toContain(`${path}: the default export is not a Shoal module`);
+    expect(stderr).toContain("export default module(implement(XFunction, x), ...)");
+  });
+
+  it("exits 1 when the file has no default export", async () => {
+    const path = writeFile("no-default.mjs", "export const x = 1;\n");
+    const { code, stderr } = await run(["dev", path, "--memory", "--port", "0"]);
+    expect(code).toBe(1);
+    expect(stderr).toContain("the default export is not a Shoal module");
+  });
+
+  it("refuses a flag that is not a number", async () => {
+    const { code, stderr } = await run(["dev", "module.ts", "--port", "eighty"]);
+    expect(code).toBe(1);
+    expect(stderr).toContain('"eighty" is not an integer');
+  });
+
+  it("writes every egress to stdout, configured or not", async () => {
+    const shoal = start(["dev", join(repoRoot, "examples/shopping-cart/dist/module.js"), "--memory", "--port", "0", "--log-level", "warn"]);
+    const [, url] = await shoal.waitFor(/^shoal dev: serving .* at (http:\/\/127\.0\.0\.1:\d+)\n/m);
+    await post(`${url}/shop.v1.Inventory/Restock`, { sku: "socks", quantity: 5 });
+    await post(`${url}/shop.v1.Cart/AddItem`, { userId: "joe", sku: "socks", quantity: 2 });
+    const checkout = await post(`${url}/shop.v1.Cart/Checkout`, { userId: "joe" });
+    expect(checkout).toMatchObject({ status: 200, json: { items: { socks: 2 } } });
+    const [line] = await shoal.waitFor(/^\{"egress":"orders".*\n/m);
+    expect(JSON.parse(line)).toMatchObject({
+      egress: "orders",
+      type: "shop.v1.OrderPlaced",
+      message: { userId: "joe", items: { socks: 2 } },
+    });
+    shoal.child.kill("SIGTERM");
+    expect((await shoal.exited).code).toBe(0);
+  });
+
+  it("runs a TypeScript module without a build step", async () => {
+    const shoal = start(["dev", join(repoRoot, "examples/greeter/src/module.ts"), "--memory", "--port", "0", "--log-level", "warn"]);
+    const [, url] = await shoal.waitFor(/^shoal dev: serving .*module\.ts at (http:\/\/127\.0\.0\.1:\d+)\n/m);
+    expect(await post(`${url}/greeter.v1.Greeter/Greet`, { name: "ann" })).toEqual({
+      status: 200,
+      json: { greeting: "Hello, ann!", times: 1 },
+    });
+    shoal.child.kill("SIGTERM");
+    expect((await shoal.exited).code).toBe(0);
+  });
+});
+
+describe("shoal call", () => {
+  it("exits 1 on a request that is not JSON", async () => {
+    const { code, stdout, stderr } = await run(["call", "greeter.v1.Greeter/Greet", "{name: joe}"]);
+    expect(code).toBe(1);
+    expect(stdout).toBe("");
+    expect(stderr).toMatch(/^shoal: the request is not valid JSON: /);
+  });
+
+  it("exits 1 naming the address it cannot reach", async () => {
+    // a port that was free a moment ago
+    const probe = createServer();
+    await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
+    const address = probe.address();
+    const port = typeof address === "object" && address !== null ? address.port : 0;
+    await new Promise<void>((resolve) => probe.close(() => resolve()));
+    const { code, stderr } = await run(["call", "greeter.v1.Greeter/Greet", "{}", "--url", `http://127.0.0.1:${port}`]);
+    expect(code).toBe(1);
+    expect(stderr).toBe(`shoal: cannot reach http://127.0.0.1:${port}/greeter.v1.Greeter/Greet: connect ECONNREFUSED 127.0.0.1:${port}\n`);
+  });
+});
