@@ -135,6 +135,13 @@ export class ShardProcessor {
   private state: ShardState;
   private readonly mailboxes = new Map<string, Mailbox>();
   private readonly waiters = new Map<string, ReplyWaiter[]>();
+  /**
+   * Requests whose sender awaits the reply (ingress requests, calls) are not
+   * logged on arrival: only their commit is. If the node dies first, the
+   * sender sees an error and retries (with its idempotency key or call id),
+   * so logging them would cost a record per request and buy nothing.
+   */
+  private readonly volatile = new Map<string, Envelope>();
   /** Memo id -> id of the pending message that will produce it. */
   private readonly inflight = new Map<string, string>();
   private readonly timers = new Map<string, () => void>();
@@ -208,7 +215,7 @@ export class ShardProcessor {
     return {
       shard: this.shard,
       instances: this.state.instances.size,
-      pending: this.state.pending.size,
+      pending: this.state.pending.size + this.volatile.size,
       outbox: this.state.outbox.size,
       memos: this.state.memos.size,
       sequence: this.state.sequence,
@@ -240,20 +247,26 @@ export class ShardProcessor {
         return Promise.resolve();
       }
       const inflightId = this.inflight.get(memoId);
-      const inflight = inflightId !== undefined ? this.state.pending.get(inflightId) : undefined;
+      const inflight = inflightId !== undefined ? this.pendingEnvelope(inflightId) : undefined;
       if (inflight !== undefined) {
         if (!sameBytes(envelopeHash(inflight), hash)) waiter?.(this.mismatch(envelope));
         else if (waiter !== undefined) this.addWaiter(inflight.id, waiter);
         return Promise.resolve();
       }
     }
-    if (this.state.pending.has(envelope.id)) {
+    if (this.pendingEnvelope(envelope.id) !== undefined) {
       if (waiter !== undefined) this.addWaiter(envelope.id, waiter);
       return Promise.resolve();
     }
     if (this.state.isDuplicate(envelope)) return Promise.resolve();
     if (waiter !== undefined) this.addWaiter(envelope.id, waiter);
-    const durable = this.append([create(LogRecordSchema, { kind: { case: "input", value: { envelope } } })]);
+    let durable: Promise<void>;
+    if (waiter !== undefined && envelope.replyTo !== undefined && envelope.deliverAtMs === 0n) {
+      this.volatile.set(envelope.id, envelope);
+      durable = Promise.resolve();
+    } else {
+      durable = this.append([create(LogRecordSchema, { kind: { case: "input", value: { envelope } } })]);
+    }
     if (envelope.handler === controlHandlers.cancel) {
       const target = new TextDecoder().decode(envelope.payload);
       if (!this.state.pending.has(target)) this.timers.get(target)?.();
@@ -270,6 +283,11 @@ export class ShardProcessor {
     if (this.state.isDuplicate(envelope)) return Promise.resolve();
     const input = fromResultEnvelope(envelope);
     return this.append([create(LogRecordSchema, { kind: { case: "callResult", value: { ...input, source: envelope.source } } })]);
+  }
+
+  /** An accepted message not consumed yet, logged or not. */
+  private pendingEnvelope(id: string): Envelope | undefined {
+    return this.state.pending.get(id) ?? this.volatile.get(id);
   }
 
   private mismatch(envelope: Envelope): Reply {
@@ -325,6 +343,7 @@ export class ShardProcessor {
     const reply = errorReply(Code.Unavailable, `shard ${this.shard}: storage failed, the message was not processed: ${this.failed.message}`);
     for (const list of this.waiters.values()) for (const w of list) w(reply);
     this.waiters.clear();
+    this.volatile.clear();
     for (const cancel of this.timers.values()) cancel();
     for (const cancel of this.expiryTimers.values()) cancel();
     this.host.storageFailed(this.shard, this.failed);
@@ -386,7 +405,7 @@ export class ShardProcessor {
       await slot.acquire();
       const outcome = await this.execute(envelope, slot);
       if (this.failed !== undefined || this.closed) return;
-      if (!this.state.pending.has(envelope.id)) return;
+      if (this.pendingEnvelope(envelope.id) === undefined) return;
       this.commitOutcome(envelope, outcome.reply, outcome.commit);
     } finally {
       slot.release();
@@ -406,7 +425,7 @@ export class ShardProcessor {
     const { fn, handlers } = registered;
     const self = { type: target.type, key: target.key };
     const caller = envelope.caller;
-    const log = this.host.invocationLogger({ function: fn.typeName, key: target.key, handler: info.name, invocation: envelope.id });
+    const log = lazyLogger(() => this.host.invocationLogger({ function: fn.typeName, key: target.key, handler: info.name, invocation: envelope.id }));
     const chain = [...envelope.callChain];
     const lockedChain = fn.state !== undefined && !info.shared ? [...chain, `${target.type}/${target.key}`] : chain;
     let journal: readonly CallResult[] = this.state.journals.get(envelope.id) ?? [];
@@ -622,6 +641,7 @@ export class ShardProcessor {
       invocationId: envelope.id,
     });
     if (memoId !== undefined) this.inflight.delete(memoId);
+    this.volatile.delete(envelope.id);
     let durable: Promise<void>;
     try {
       durable = this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit }, writtenAtMs: BigInt(now) })]);
@@ -749,6 +769,21 @@ export class ShardProcessor {
     this.waiters.clear();
     await this.log.close();
   }
+}
+
+/** A logger made on first use: most invocations never log. */
+function lazyLogger(make: () => Logger): Logger {
+  let logger: Logger | undefined;
+  const get = () => {
+    logger ??= make();
+    return logger;
+  };
+  return {
+    debug: (m, f) => get().debug(m, f),
+    info: (m, f) => get().info(m, f),
+    warn: (m, f) => get().warn(m, f),
+    error: (m, f) => get().error(m, f),
+  };
 }
 
 /** The cycle `from -> to -> ... -> from` in the wait-for graph, if adding that edge closes one. */
