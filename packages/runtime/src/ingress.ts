@@ -2,8 +2,8 @@ import { createHash, randomUUID } from "node:crypto";
 import { create, type DescService, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { headers, keyOf } from "@shoal/sdk";
-import { EnvelopeSchema, type Reply } from "@shoal/sdk/internal";
-import type { Runtime } from "./runtime.js";
+import { EnvelopeSchema } from "@shoal/sdk/internal";
+import type { Answer, Runtime } from "./runtime.js";
 import { ShardUnavailableError } from "./shard-processor.js";
 
 /**
@@ -45,7 +45,9 @@ export function registerIngress(router: ConnectRouter, runtime: Runtime): void {
           id,
           target: { type: fn.typeName, key },
           handler: info.name,
-          payload: toBinary(method.input, request),
+          // The request travels decoded; its bytes are needed only where it is logged (a
+          // one-way send) or hashed (an idempotency key).
+          payload: send || idempotencyKey !== "" ? toBinary(method.input, request) : noBytes,
           idempotencyKey,
           deliverAtMs: send && delayMs > 0 ? BigInt(now + Math.round(delayMs)) : 0n,
           replyTo: send ? undefined : { kind: { case: "ingress", value: { node: runtime.nodeId, request: id } } },
@@ -58,8 +60,8 @@ export function registerIngress(router: ConnectRouter, runtime: Runtime): void {
             ctx.responseHeader.set(headers.messageId, id);
             return create(method.output);
           }
-          const reply = await runtime.request(envelope);
-          return toResponse(reply, method.output);
+          const answer = await runtime.request(envelope, request);
+          return toResponse(answer, method.output);
         } catch (err) {
           if (err instanceof ConnectError) throw err;
           if (err instanceof ShardUnavailableError) throw new ConnectError(err.message, Code.Unavailable);
@@ -121,8 +123,10 @@ function isTrue(value: string | null): boolean {
   return value !== null && value !== "" && value !== "0" && value.toLowerCase() !== "false";
 }
 
-function toResponse(reply: Reply, output: DescService["methods"][number]["output"]): Message {
-  if (reply.result.case === "ok") return fromBinary(output, reply.result.value);
+const noBytes = new Uint8Array(0);
+
+function toResponse({ reply, output: message }: Answer, output: DescService["methods"][number]["output"]): Message {
+  if (reply.result.case === "ok") return message ?? fromBinary(output, reply.result.value);
   const failure = reply.result.value;
   throw new ConnectError(failure?.message ?? "the handler failed", (failure?.code ?? Code.Internal) as Code);
 }

@@ -43,6 +43,12 @@ export interface RuntimeOptions {
   readonly nodeId?: string;
 }
 
+/** The committed reply to a request, and the reply message itself when the caller is in process. */
+export interface Answer {
+  readonly reply: Reply;
+  readonly output?: Message;
+}
+
 /** A running Shoal node. */
 export interface Runtime {
   readonly nodeId: string;
@@ -77,8 +83,12 @@ export interface Runtime {
   close(): Promise<void>;
 
   // for the ingress and tests
-  /** Accepts a message and resolves with its reply once committed. */
-  request(envelope: Envelope): Promise<Reply>;
+  /**
+   * Accepts a message and resolves with its reply once committed. An
+   * in-process caller may pass the request decoded, and gets the reply
+   * message as `output` when it succeeded.
+   */
+  request(envelope: Envelope, decodedRequest?: Message): Promise<Answer>;
   /** Accepts a one-way message; resolves once it is durable. */
   accept(envelope: Envelope): Promise<void>;
   readonly clock: Clock;
@@ -143,7 +153,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       if (target === undefined || !functions.get(target.type)?.fn.handlers.has(envelope.handler)) {
         return Promise.resolve(errorReply(Code.Unimplemented, `unknown function or handler ${target?.type ?? "?"}.${envelope.handler}`));
       }
-      return runtime.request(envelope);
+      return runtime.request(envelope).then((answer) => answer.reply);
     },
     deliver(envelope) {
       const target = envelope.target;
@@ -219,11 +229,11 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       })();
       return started;
     },
-    request(envelope) {
-      return new Promise<Reply>((resolve, reject) => {
+    request(envelope, decodedRequest) {
+      return new Promise<Answer>((resolve, reject) => {
         try {
           processorFor(shardFor(envelope))
-            .submit(envelope, resolve)
+            .submit(envelope, (reply, output) => resolve({ reply, output }), decodedRequest)
             .catch(() => {
               // the waiter hears of storage failures
             });

@@ -1,4 +1,4 @@
-import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, type Message, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import type { AnyFunctionType, Logger } from "@shoal/sdk";
 import {
@@ -75,7 +75,7 @@ export interface ShardHost {
 }
 
 /** Receives the reply of an accepted message once its commit is durable. */
-export type ReplyWaiter = (reply: Reply) => void;
+export type ReplyWaiter = (reply: Reply, output?: Message) => void;
 
 /** What an invocation commits besides its reply, before sequences are assigned. */
 interface PendingEffects {
@@ -142,6 +142,8 @@ export class ShardProcessor {
    * so logging them would cost a record per request and buy nothing.
    */
   private readonly volatile = new Map<string, Envelope>();
+  /** Requests the ingress decoded already: the handler gets them as they are. */
+  private readonly decodedRequests = new WeakMap<Envelope, Message>();
   /** Memo id -> id of the pending message that will produce it. */
   private readonly inflight = new Map<string, string>();
   private readonly timers = new Map<string, () => void>();
@@ -229,7 +231,7 @@ export class ShardProcessor {
    * holding it is durable. The returned promise resolves when the message is
    * durably accepted (for one-way sends), or at once when it was a duplicate.
    */
-  submit(envelope: Envelope, waiter?: ReplyWaiter): Promise<void> {
+  submit(envelope: Envelope, waiter?: ReplyWaiter, decodedRequest?: Message): Promise<void> {
     if (this.failed !== undefined) throw new ShardUnavailableError(`shard ${this.shard} is unavailable: ${this.failed.message}`);
     if (this.closed) throw new ShardUnavailableError(`shard ${this.shard} is closed`);
     const memoId = memoIdOf(envelope);
@@ -263,6 +265,7 @@ export class ShardProcessor {
     let durable: Promise<void>;
     if (waiter !== undefined && envelope.replyTo !== undefined && envelope.deliverAtMs === 0n) {
       this.volatile.set(envelope.id, envelope);
+      if (decodedRequest !== undefined) this.decodedRequests.set(envelope, decodedRequest);
       durable = Promise.resolve();
     } else {
       durable = this.append([create(LogRecordSchema, { kind: { case: "input", value: { envelope } } })]);
@@ -406,7 +409,7 @@ export class ShardProcessor {
       const outcome = await this.execute(envelope, slot);
       if (this.failed !== undefined || this.closed) return;
       if (this.pendingEnvelope(envelope.id) === undefined) return;
-      this.commitOutcome(envelope, outcome.reply, outcome.commit);
+      this.commitOutcome(envelope, outcome.reply, outcome.commit, outcome.output);
     } finally {
       slot.release();
       this.running--;
@@ -415,7 +418,7 @@ export class ShardProcessor {
   }
 
   /** Runs the handler, retrying transient failures, and builds the commit. */
-  private async execute(envelope: Envelope, slot: Slot): Promise<{ reply: Reply; commit: PendingEffects }> {
+  private async execute(envelope: Envelope, slot: Slot): Promise<{ reply: Reply; commit: PendingEffects; output?: Message }> {
     const target = envelope.target;
     const registered = target !== undefined ? this.host.lookup(target.type) : undefined;
     const info = registered?.fn.handlers.get(envelope.handler);
@@ -440,6 +443,10 @@ export class ShardProcessor {
         self,
         caller: caller !== undefined && caller.type !== "" ? { type: caller.type, key: caller.key } : undefined,
         payload: envelope.payload,
+        request: this.decodedRequests.get(envelope),
+        // Only an in-process ingress waiter with nothing to memoize can take the message itself.
+        encodeReply: !(envelope.replyTo?.kind.case === "ingress" && memoIdOf(envelope) === undefined),
+        canSuspend: false,
         state: fn.state !== undefined ? this.state.instances.get(instanceId(target.type, target.key))?.state : undefined,
         journal,
         callChain: chain,
@@ -572,11 +579,11 @@ export class ShardProcessor {
     commit.outbox = outbox;
     commit.egress = effects.egress.map((e) => ({ egress: e.egress, typeName: e.typeName, payload: e.payload, id: e.id }));
     if (outcome.journal.length > 0 || this.state.journals.has(envelope.id)) commit.finishedInvocations = [envelope.id];
-    return { reply: outcome.reply, commit };
+    return { reply: outcome.reply, commit, output: outcome.output };
   }
 
   /** Appends the commit of a finished invocation; releases its effects once durable. */
-  private commitOutcome(envelope: Envelope, reply: Reply, effects: PendingEffects) {
+  private commitOutcome(envelope: Envelope, reply: Reply, effects: PendingEffects, output?: Message) {
     const now = this.host.clock.now();
     const outboxEnvelopes = effects.outbox ?? [];
     const outbox: OutboxEntry[] = [];
@@ -649,16 +656,16 @@ export class ShardProcessor {
       return;
     }
     durable.then(
-      () => this.released(envelope, reply, commit),
+      () => this.released(envelope, reply, commit, output),
       () => {},
     );
   }
 
   /** The commit is durable: its reply, outbox and egress may leave the shard. */
-  private released(envelope: Envelope, reply: Reply, commit: Commit) {
+  private released(envelope: Envelope, reply: Reply, commit: Commit, output: Message | undefined) {
     const waiters = this.waiters.get(envelope.id);
     this.waiters.delete(envelope.id);
-    if (waiters !== undefined) for (const w of waiters) w(reply);
+    if (waiters !== undefined) for (const w of waiters) w(reply, output);
     for (const entry of commit.outbox) if (entry.envelope !== undefined) this.deliverOutbox(entry.sequence, entry.envelope);
     for (const message of commit.egress) this.emitEgress(message);
     for (const write of commit.stateWrites) {

@@ -61,7 +61,14 @@ export interface InvocationEffects {
  * - `retry`: it threw something else; run it again later with the same journal.
  */
 export type InvocationOutcome =
-  | { readonly status: "done"; readonly reply: Reply; readonly effects: InvocationEffects; readonly journal: readonly CallResult[] }
+  | {
+      readonly status: "done";
+      readonly reply: Reply;
+      /** The reply message itself, when it succeeded (with `encodeReply: false`, `reply` carries no bytes: use this). */
+      readonly output?: Message;
+      readonly effects: InvocationEffects;
+      readonly journal: readonly CallResult[];
+    }
   | { readonly status: "suspended"; readonly pending: readonly OutgoingCall[]; readonly journal: readonly CallResult[] }
   | { readonly status: "retry"; readonly error: unknown; readonly journal: readonly CallResult[] };
 
@@ -75,6 +82,16 @@ export interface InvocationRequest {
   readonly caller: Address | undefined;
   /** The request, binary protobuf. */
   readonly payload: Uint8Array;
+  /** The request already decoded (an in-process caller has it): then `payload` is not read. */
+  readonly request?: Message;
+  /**
+   * Whether the successful reply must be encoded into `reply`. Default true.
+   * An in-process caller that takes `output` and memoizes nothing saves the
+   * encoding (and the decoding on its side).
+   */
+  readonly encodeReply?: boolean;
+  /** Whether `issueCall` may answer "suspend". Default true; the embedded invoker never suspends. */
+  readonly canSuspend?: boolean;
   /** The committed state, binary protobuf; `undefined` for a new instance or a stateless function. */
   readonly state: Uint8Array | undefined;
   /** Results of calls made by earlier runs of this invocation, in call order. */
@@ -133,13 +150,16 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
   let callCount = 0;
   let suspended = false;
   let rejectSuspension: (reason: Suspended) => void = () => {};
-  const suspension = new Promise<never>((_, reject) => {
-    rejectSuspension = reject;
-  });
-  suspension.catch(() => {});
+  let suspension: Promise<never> | undefined;
+  if (req.canSuspend !== false) {
+    suspension = new Promise<never>((_, reject) => {
+      rejectSuspension = reject;
+    });
+    suspension.catch(() => {});
+  }
   let cleared = false;
 
-  const request = fromBinary(handler.method.input, req.payload);
+  const request = req.request ?? fromBinary(handler.method.input, req.payload);
   const stateSchema = fn.state as DescMessage | undefined;
   let state: Message | undefined;
   if (stateSchema !== undefined) {
@@ -206,6 +226,7 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
         throw new ShoalError(Code.FailedPrecondition, `call cycle: ${cycle.join(" -> ")} (the instance is locked awaiting this call)`);
       }
       const issued = req.issueCall(outgoing);
+      if (issued === "suspend" && suspension === undefined) throw new Error("issueCall suspended an invocation started with canSuspend: false");
       if (issued === "suspend") {
         pending.push(outgoing);
         if (!suspended) {
@@ -277,8 +298,8 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
 
   let result: unknown;
   try {
-    const ran = Promise.resolve().then(() => (impl as (r: unknown, c: unknown) => unknown).call(req.handlers, request, ctx));
-    result = await Promise.race([ran, suspension]);
+    const ran = (impl as (r: unknown, c: unknown) => unknown).call(req.handlers, request, ctx);
+    result = suspension !== undefined ? await Promise.race([ran, suspension]) : await ran;
   } catch (err) {
     if (err instanceof Suspended) return { status: "suspended", pending, journal };
     if (err instanceof ShoalError) return { status: "done", reply: errorReply(err.code, err.message), effects: noEffects, journal };
@@ -288,9 +309,10 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
   if (suspended) return { status: "suspended", pending, journal };
 
   let replyPayload: Uint8Array;
+  let output: Message;
   try {
-    const output = create(handler.method.output, (result ?? {}) as never) as Message;
-    replyPayload = toBinary(handler.method.output, output);
+    output = create(handler.method.output, (result ?? {}) as never) as Message;
+    replyPayload = req.encodeReply === false ? noBytes : toBinary(handler.method.output, output);
   } catch (err) {
     return {
       status: "done",
@@ -307,8 +329,10 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
     if (cleared && bytes.length === 0) change = { kind: "clear" };
     else if (req.state === undefined ? bytes.length > 0 : !sameBytes(bytes, req.state)) change = { kind: "write", bytes };
   }
-  return { status: "done", reply: okReply(replyPayload), effects: { state: change, sends, cancels, egress }, journal };
+  return { status: "done", reply: okReply(replyPayload), output, effects: { state: change, sends, cancels, egress }, journal };
 }
+
+const noBytes = new Uint8Array(0);
 
 const noEffects: InvocationEffects = { state: { kind: "keep" }, sends: [], cancels: [], egress: [] };
 
