@@ -31,10 +31,9 @@ function generateArgs(dir) {
   return ["generate", ".", "--config", JSON.stringify(config), "--template", "buf.gen.yaml", ...paths, "-o", dir];
 }
 
-const userDirs = [
-  ...readdirSync(join(root, "examples")).map((d) => join("examples", d)),
-  "bench",
-].filter((d) => existsSync(join(root, d, "proto")));
+const userDirs = [...readdirSync(join(root, "examples")).map((d) => join("examples", d)), "bench"].filter((d) =>
+  existsSync(join(root, d, "proto")),
+);
 for (const dir of userDirs) {
   rmSync(join(root, dir, "src/gen"), { recursive: true, force: true });
   run(bin("buf"), generateArgs(dir));

@@ -34,7 +34,16 @@ it(`keeps every transfer exactly once across ${kills} SIGKILLs`, { timeout: 300_
   const args = ["--port", String(port), "--data-dir", dataDir, "--shards", "8", "--log-level", "error"];
   runtime = (await startShoalDev(bankModule, args)).child;
   const url = `http://127.0.0.1:${port}`;
-  const client = start(process.execPath, [loadClient, url, "--accounts", String(accounts), "--workers", "12", "--initial", String(initial)]);
+  const client = start(process.execPath, [
+    loadClient,
+    url,
+    "--accounts",
+    String(accounts),
+    "--workers",
+    "12",
+    "--initial",
+    String(initial),
+  ]);
   await client.waitFor(/"seeded"/, 60_000);
 
   let killed = 0;
@@ -49,7 +58,10 @@ it(`keeps every transfer exactly once across ${kills} SIGKILLs`, { timeout: 300_
   await new Promise((resolve) => setTimeout(resolve, 500));
   client.process.kill("SIGTERM");
   await client.exited;
-  const summaryLine = client.stdout().split("\n").find((line) => line.startsWith('{"summary"'));
+  const summaryLine = client
+    .stdout()
+    .split("\n")
+    .find((line) => line.startsWith('{"summary"'));
   if (summaryLine === undefined) throw new Error(`the load client printed no summary; stderr:\n${client.stderr()}`);
   const { acknowledged, refused, abandoned, retries } = JSON.parse(summaryLine).summary as {
     acknowledged: Transfer[];

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { createRegistry, fromBinary, type Message } from "@bufbuild/protobuf";
 import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
 import { createLocalStorage, createManualClock, createRuntime, type Egress, type ManualClock, type Runtime } from "@shoal/runtime";
-import { createFunctionClient, implement, type Implementation } from "@shoal/sdk";
+import { createFunctionClient, type Implementation, implement } from "@shoal/sdk";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { account } from "../examples/bank/src/account.js";
 import { AccountFunction } from "../examples/bank/src/gen/bank/v1/account_shoal.js";
@@ -75,7 +75,15 @@ const settle = async () => {
 describe("idempotency keys", () => {
   it("give a retry the first reply, also after a restart, without running the handler again", async () => {
     let runs = 0;
-    const counting = [implement(GreeterFunction, { ...greeter, greet: (req, ctx) => (runs++, greeter.greet(req, ctx)) })];
+    const counting = [
+      implement(GreeterFunction, {
+        ...greeter,
+        greet: (req, ctx) => {
+          runs++;
+          return greeter.greet(req, ctx);
+        },
+      }),
+    ];
     let node = await boot(counting);
     const first = await node.client(GreeterFunction).greet({ name: "ada" }, { idempotencyKey: "k1" });
     expect(await node.client(GreeterFunction).greet({ name: "ada" }, { idempotencyKey: "k1" })).toEqual(first);
@@ -102,7 +110,15 @@ describe("idempotency keys", () => {
 
   it("expire after the retention", async () => {
     let runs = 0;
-    const counting = [implement(GreeterFunction, { ...greeter, greet: (req, ctx) => (runs++, greeter.greet(req, ctx)) })];
+    const counting = [
+      implement(GreeterFunction, {
+        ...greeter,
+        greet: (req, ctx) => {
+          runs++;
+          return greeter.greet(req, ctx);
+        },
+      }),
+    ];
     const node = await boot(counting);
     await node.client(GreeterFunction).greet({ name: "dee" }, { idempotencyKey: "k3" });
     await clock.advance(23 * 3600_000);
@@ -126,7 +142,10 @@ describe("call memos", () => {
   const bank = () => [
     implement(AccountFunction, {
       ...account,
-      deposit: (req, ctx) => (deposits++, account.deposit(req, ctx)),
+      deposit: (req, ctx) => {
+        deposits++;
+        return account.deposit(req, ctx);
+      },
       async transfer(req, ctx) {
         ctx.state.balance -= req.amount;
         const to = rerunTarget?.(req.to) ?? req.to;
@@ -198,7 +217,9 @@ describe("call memos", () => {
     const node = await boot(bank());
     const err = (await retryT1(node)) as ConnectError;
     expect(err.code).toBe(Code.Internal);
-    expect(err.rawMessage).toMatch(/call k-\S+\/0 was bank\.v1\.Account\/bob\.Deposit with a different request before, now bank\.v1\.Account\/bob\.Deposit/);
+    expect(err.rawMessage).toMatch(
+      /call k-\S+\/0 was bank\.v1\.Account\/bob\.Deposit with a different request before, now bank\.v1\.Account\/bob\.Deposit/,
+    );
     expect(node.runtime.stateOf(AccountFunction, "alice")?.balance).toBe(100n);
     expect(node.runtime.stateOf(AccountFunction, "bob")?.balance).toBe(30n);
     expect(deposits).toBe(1);

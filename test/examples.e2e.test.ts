@@ -42,7 +42,12 @@ function readmeCurls(example: string): Array<{ command: string; expected: string
 
 /** The README's expected output as a pattern: "…" stands for anything. */
 function pattern(expected: string): RegExp {
-  return new RegExp(`^${expected.split("…").map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("[\\s\\S]*")}$`);
+  return new RegExp(
+    `^${expected
+      .split("…")
+      .map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"))
+      .join("[\\s\\S]*")}$`,
+  );
 }
 
 describe.each(["greeter", "shopping-cart", "bank"])("examples/%s README", (example) => {
@@ -81,17 +86,21 @@ describe("shopping cart over real sockets", () => {
         .map((line) => JSON.parse(line) as { step: string; value: unknown })
         .map(({ step, value }) => [step, value]),
     );
-    expect(steps["add"]).toMatchObject({ items: { hat: 2 } });
+    expect(steps.add).toMatchObject({ items: { hat: 2 } });
     expect(steps["add-too-many"]).toMatchObject({ code: "FailedPrecondition" });
-    expect(steps["view"]).toMatchObject({ items: { hat: 2 } });
-    expect(steps["send"]).toEqual({ accepted: true });
-    expect(steps["checkout"]).toMatchObject({ items: { hat: 3 } });
+    expect(steps.view).toMatchObject({ items: { hat: 2 } });
+    expect(steps.send).toEqual({ accepted: true });
+    expect(steps.checkout).toMatchObject({ items: { hat: 3 } });
   });
 
   it("answers `shoal call` with JSON", () => {
-    const out = execFileSync(process.execPath, [`${repoRoot}packages/runtime/bin/shoal.js`, "call", "shop.v1.Inventory/Level", '{"sku":"hat"}', "--url", url], {
-      encoding: "utf8",
-    });
+    const out = execFileSync(
+      process.execPath,
+      [`${repoRoot}packages/runtime/bin/shoal.js`, "call", "shop.v1.Inventory/Level", '{"sku":"hat"}', "--url", url],
+      {
+        encoding: "utf8",
+      },
+    );
     expect(JSON.parse(out)).toMatchObject({ sku: "hat" });
   });
 });

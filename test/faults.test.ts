@@ -21,7 +21,10 @@ afterAll(() => {
 const greeterModule = `${repoRoot}examples/greeter/dist/module.js`;
 
 function shoalDevFails(args: string[]): { status: number | null; stderr: string } {
-  const result = spawnSync(process.execPath, [shoalBin, "dev", greeterModule, "--port", "0", ...args], { encoding: "utf8", timeout: 20_000 });
+  const result = spawnSync(process.execPath, [shoalBin, "dev", greeterModule, "--port", "0", ...args], {
+    encoding: "utf8",
+    timeout: 20_000,
+  });
   return { status: result.status, stderr: result.stderr };
 }
 
@@ -38,7 +41,18 @@ describe("shoal dev refuses a data directory it cannot use", () => {
     const dir = join(root, "corrupt");
     // Fill a store until it has snapshots, then stop it.
     const port = await freePort();
-    const node = await startShoalDev(greeterModule, ["--port", String(port), "--data-dir", dir, "--shards", "1", "--snapshot-every", "50", "--log-level", "error"]);
+    const node = await startShoalDev(greeterModule, [
+      "--port",
+      String(port),
+      "--data-dir",
+      dir,
+      "--shards",
+      "1",
+      "--snapshot-every",
+      "50",
+      "--log-level",
+      "error",
+    ]);
     const greeter = createGreeterClient(createConnectTransport({ baseUrl: node.url, httpVersion: "1.1" }));
     for (let i = 0; i < 120; i++) await greeter.greet({ name: `n${i % 10}` });
     node.child.process.kill("SIGTERM");

@@ -7,10 +7,10 @@ import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } f
 import { createMemoryStorage, createRuntime, listen, type Runtime, type RuntimeServer } from "@shoal/runtime";
 import { implement, ShoalError } from "@shoal/sdk";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createAccountClient } from "../examples/bank/src/gen/bank/v1/account_shoal.js";
 import { GreetRequestSchema } from "../examples/greeter/src/gen/greeter/v1/greeter_pb.js";
 import { createGreeterClient, GreeterFunction } from "../examples/greeter/src/gen/greeter/v1/greeter_shoal.js";
 import { greeter } from "../examples/greeter/src/greeter.js";
-import { createAccountClient } from "../examples/bank/src/gen/bank/v1/account_shoal.js";
 
 let runtime: Runtime;
 let server: RuntimeServer;

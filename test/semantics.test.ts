@@ -33,7 +33,9 @@ describe("call cycles", () => {
       await client.deposit(deposit("a", 100n));
       const err = await client.transfer({ account: "a", to: "b", amount: 10n, transferId: "t" }).catch((e) => ConnectError.from(e));
       expect(err.code).toBe(Code.FailedPrecondition);
-      expect(err.rawMessage).toBe("call cycle: bank.v1.Account/a -> bank.v1.Account/b -> bank.v1.Account/a (the instance is locked awaiting this call)");
+      expect(err.rawMessage).toBe(
+        "call cycle: bank.v1.Account/a -> bank.v1.Account/b -> bank.v1.Account/a (the instance is locked awaiting this call)",
+      );
       expect(env.stateOf(AccountFunction, "a")?.balance).toBe(100n);
       expect(env.stateOf(AccountFunction, "b")).toBeUndefined();
     } finally {
@@ -68,7 +70,9 @@ describe("call cycles", () => {
       const failures = results.filter((r) => r instanceof ConnectError);
       expect(failures).toHaveLength(1);
       expect(failures[0]?.code).toBe(Code.FailedPrecondition);
-      expect(failures[0]?.rawMessage).toMatch(/^call cycle: bank\.v1\.Account\/(a|b) -> bank\.v1\.Account\/(a|b) -> bank\.v1\.Account\/(a|b) \(each instance is locked awaiting the next\)$/);
+      expect(failures[0]?.rawMessage).toMatch(
+        /^call cycle: bank\.v1\.Account\/(a|b) -> bank\.v1\.Account\/(a|b) -> bank\.v1\.Account\/(a|b) \(each instance is locked awaiting the next\)$/,
+      );
       const a = env.stateOf(AccountFunction, "a")?.balance ?? 0n;
       const b = env.stateOf(AccountFunction, "b")?.balance ?? 0n;
       expect(a + b).toBe(200n);

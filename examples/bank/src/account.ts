@@ -13,7 +13,8 @@ export const account: AccountHandlers = {
 
   withdraw(req, ctx) {
     if (req.amount <= 0n) throw new ShoalError(Code.InvalidArgument, "withdraw needs a positive amount");
-    if (ctx.state.balance < req.amount) throw new ShoalError(Code.FailedPrecondition, `balance ${ctx.state.balance} is below ${req.amount}`);
+    if (ctx.state.balance < req.amount)
+      throw new ShoalError(Code.FailedPrecondition, `balance ${ctx.state.balance} is below ${req.amount}`);
     ctx.state.balance -= req.amount;
     return { balance: ctx.state.balance };
   },
@@ -22,7 +23,8 @@ export const account: AccountHandlers = {
     if (req.amount <= 0n) throw new ShoalError(Code.InvalidArgument, "transfer needs a positive amount");
     if (req.to === ctx.key) throw new ShoalError(Code.InvalidArgument, "cannot transfer to the same account");
     if (req.transferId === "") throw new ShoalError(Code.InvalidArgument, "transfer needs a transfer_id");
-    if (ctx.state.balance < req.amount) throw new ShoalError(Code.FailedPrecondition, `balance ${ctx.state.balance} is below ${req.amount}`);
+    if (ctx.state.balance < req.amount)
+      throw new ShoalError(Code.FailedPrecondition, `balance ${ctx.state.balance} is below ${req.amount}`);
     // The withdrawal commits only together with the deposit's reply: if the
     // deposit fails, the handler throws and the withdrawal is discarded.
     ctx.state.balance -= req.amount;

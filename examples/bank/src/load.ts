@@ -70,7 +70,12 @@ async function worker(w: number) {
     const from = Math.floor(Math.random() * accounts);
     let to = Math.floor(Math.random() * (accounts - 1));
     if (to >= from) to++;
-    const transfer: Transfer = { id: `t-${process.pid}-${w}-${n}`, from: accountName(from), to: accountName(to), amount: String(1 + Math.floor(Math.random() * 50)) };
+    const transfer: Transfer = {
+      id: `t-${process.pid}-${w}-${n}`,
+      from: accountName(from),
+      to: accountName(to),
+      amount: String(1 + Math.floor(Math.random() * 50)),
+    };
     const result = await withRetries(() =>
       client.transfer(
         { account: transfer.from, to: transfer.to, amount: BigInt(transfer.amount), transferId: transfer.id },

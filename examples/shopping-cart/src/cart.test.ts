@@ -25,7 +25,10 @@ describe("shopping cart", () => {
   });
 
   it("refuses an item out of stock and changes nothing", async () => {
-    const err = await env.client(CartFunction).addItem({ userId: "joe", sku: "socks", quantity: 11 }).catch((e) => e);
+    const err = await env
+      .client(CartFunction)
+      .addItem({ userId: "joe", sku: "socks", quantity: 11 })
+      .catch((e) => e);
     expect(err).toBeInstanceOf(ConnectError);
     expect((err as ConnectError).code).toBe(Code.FailedPrecondition);
     expect((err as ConnectError).rawMessage).toBe("out of socks: 10 left");
@@ -85,7 +88,10 @@ describe("shopping cart", () => {
   });
 
   it("answers InvalidArgument for an empty key, naming the field", async () => {
-    const err = await env.client(CartFunction).addItem({ userId: "", sku: "socks", quantity: 1 }).catch((e) => e);
+    const err = await env
+      .client(CartFunction)
+      .addItem({ userId: "", sku: "socks", quantity: 1 })
+      .catch((e) => e);
     expect((err as ConnectError).code).toBe(Code.InvalidArgument);
     expect((err as ConnectError).rawMessage).toContain("shop.v1.AddItemRequest.user_id");
   });

@@ -10,7 +10,12 @@ import shop from "./module.js";
 const port = Number(process.env.PORT ?? 8080);
 const directory = process.env.SHOAL_DATA_DIR ?? ".shoal/shopping-cart";
 const node = await startNode(
-  validateConfig({ ingress: { port }, storage: { backend: "local", directory }, egress: { orders: { type: "stdout" } }, log: { level: "warn" } }),
+  validateConfig({
+    ingress: { port },
+    storage: { backend: "local", directory },
+    egress: { orders: { type: "stdout" } },
+    log: { level: "warn" },
+  }),
   shop,
 );
 const url = node.server.url;

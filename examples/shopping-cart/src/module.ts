@@ -7,8 +7,4 @@ import { InventoryFunction } from "./gen/shop/v1/inventory_shoal.js";
 import { inventory } from "./inventory.js";
 
 /** The shopping-cart functions, for `shoal dev src/module.ts`. */
-export default module(
-  implement(CartFunction, cart),
-  implement(InventoryFunction, inventory),
-  implement(FraudFunction, fraud),
-);
+export default module(implement(CartFunction, cart), implement(InventoryFunction, inventory), implement(FraudFunction, fraud));

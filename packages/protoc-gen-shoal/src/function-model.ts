@@ -123,9 +123,7 @@ function checkKey(at: string, request: DescMessage, stateful: boolean): string[]
   const errors: string[] = [];
   const keyFields = request.fields.filter((field) => hasOption(field, keyOption) && getOption(field, keyOption));
   if (stateful && keyFields.length === 0) {
-    errors.push(
-      `${at}: request ${request.typeName} has no field marked (shoal.v1.key); a function with state needs exactly one`,
-    );
+    errors.push(`${at}: request ${request.typeName} has no field marked (shoal.v1.key); a function with state needs exactly one`);
   }
   if (stateful && keyFields.length > 1) {
     const names = keyFields.map((field) => field.name).join(", ");

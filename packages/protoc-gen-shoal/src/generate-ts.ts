@@ -45,7 +45,19 @@ export function printFunction(f: GeneratedFile, fn: FunctionModel): void {
     const reply = initShape(method, "output");
     if (i > 0) f.print();
     f.print(f.jsDoc(method, "  "));
-    f.print("  ", method.localName, ": (request: ", f.importShape(method.input), ", ctx: ", ctx, ") => Promise<", reply, "> | ", reply, ";");
+    f.print(
+      "  ",
+      method.localName,
+      ": (request: ",
+      f.importShape(method.input),
+      ", ctx: ",
+      ctx,
+      ") => Promise<",
+      reply,
+      "> | ",
+      reply,
+      ";",
+    );
   });
   f.print("}");
   f.print();

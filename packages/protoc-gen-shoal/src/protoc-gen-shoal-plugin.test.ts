@@ -9,11 +9,7 @@ describe("protoc-gen-shoal on testdata/valid", () => {
   const files = runPlugin(protocGenShoal, valid);
 
   it("generates a _shoal.ts file only beside files with a function service", () => {
-    expect([...files.keys()].sort()).toEqual([
-      "counter/v1/counter_shoal.ts",
-      "echo/v1/echo_shoal.ts",
-      "greeter/v1/greeter_shoal.ts",
-    ]);
+    expect([...files.keys()].sort()).toEqual(["counter/v1/counter_shoal.ts", "echo/v1/echo_shoal.ts", "greeter/v1/greeter_shoal.ts"]);
   });
 
   for (const proto of protoFilesOf("testdata/valid")) {

@@ -6,9 +6,7 @@ import { parse } from "yaml";
 export interface ShoalConfig {
   readonly shards: number;
   readonly ingress: { readonly host: string; readonly port: number; readonly maxRequestBytes: number };
-  readonly storage:
-    | { readonly backend: "local"; readonly directory: string; readonly fsync: boolean }
-    | { readonly backend: "memory" };
+  readonly storage: { readonly backend: "local"; readonly directory: string; readonly fsync: boolean } | { readonly backend: "memory" };
   readonly functions: { readonly module: string | undefined };
   readonly retry: { readonly maxAttempts: number; readonly initialDelayMs: number; readonly maxDelayMs: number };
   readonly memoRetentionMs: number;
@@ -51,7 +49,8 @@ function integer(obj: Obj, key: string, path: string, fallback: number, min: num
 function string(obj: Obj, key: string, path: string, fallback: string): string {
   const value = obj[key];
   if (value === undefined) return fallback;
-  if (typeof value !== "string" || value === "") throw new ConfigError(`${path}${key}: expected a non-empty string, got ${JSON.stringify(value)}`);
+  if (typeof value !== "string" || value === "")
+    throw new ConfigError(`${path}${key}: expected a non-empty string, got ${JSON.stringify(value)}`);
   return value;
 }
 
@@ -68,7 +67,18 @@ function boolean(obj: Obj, key: string, path: string, fallback: boolean): boolea
  */
 export function validateConfig(raw: unknown, baseDir: string = process.cwd()): ShoalConfig {
   const root = object(raw, "(top level)");
-  onlyKeys(root, "", ["shards", "ingress", "storage", "functions", "retry", "memoRetentionMs", "snapshotEvery", "maxConcurrentInvocations", "egress", "log"]);
+  onlyKeys(root, "", [
+    "shards",
+    "ingress",
+    "storage",
+    "functions",
+    "retry",
+    "memoRetentionMs",
+    "snapshotEvery",
+    "maxConcurrentInvocations",
+    "egress",
+    "log",
+  ]);
   const ingress = object(root.ingress, "ingress");
   onlyKeys(ingress, "ingress", ["host", "port", "maxRequestBytes"]);
   const storage = object(root.storage, "storage");
@@ -105,7 +115,11 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd()): S
     storage:
       backend === "memory"
         ? { backend }
-        : { backend, directory: resolve(baseDir, string(storage, "directory", "storage.", ".shoal")), fsync: boolean(storage, "fsync", "storage.", true) },
+        : {
+            backend,
+            directory: resolve(baseDir, string(storage, "directory", "storage.", ".shoal")),
+            fsync: boolean(storage, "fsync", "storage.", true),
+          },
     functions: { module },
     retry: {
       maxAttempts: integer(retry, "maxAttempts", "retry.", 5, 1),

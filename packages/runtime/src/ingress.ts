@@ -33,7 +33,10 @@ export function registerIngress(router: ConnectRouter, runtime: Runtime): void {
         if (delayHeader !== null) {
           delayMs = Number(delayHeader);
           if (!Number.isFinite(delayMs) || delayMs < 0) {
-            throw new ConnectError(`${headers.delayMs} must be a non-negative number of milliseconds, got "${delayHeader}"`, Code.InvalidArgument);
+            throw new ConnectError(
+              `${headers.delayMs} must be a non-negative number of milliseconds, got "${delayHeader}"`,
+              Code.InvalidArgument,
+            );
           }
         }
         const now = runtime.clock.now();
@@ -109,14 +112,22 @@ async function rewriteParseError(res: UniversalResponse): Promise<UniversalRespo
   try {
     const error = JSON.parse(textDecoder.decode(body)) as { code?: string; message?: string };
     if (error.code === "internal" && error.message?.startsWith(parseBinary)) {
-      body = new TextEncoder().encode(JSON.stringify({ ...error, code: "invalid_argument", message: `malformed request body: ${error.message}` }));
+      body = new TextEncoder().encode(
+        JSON.stringify({ ...error, code: "invalid_argument", message: `malformed request body: ${error.message}` }),
+      );
       status = 400;
       res.header.delete("content-length");
     }
   } catch {
     // not a Connect error body: pass it on unchanged
   }
-  return { ...res, status, body: (async function* () { yield body; })() };
+  return {
+    ...res,
+    status,
+    body: (async function* () {
+      yield body;
+    })(),
+  };
 }
 
 function isTrue(value: string | null): boolean {

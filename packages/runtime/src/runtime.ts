@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { createRegistry, type DescFile, fromBinary, type Message, type MessageShape, type DescMessage } from "@bufbuild/protobuf";
+import { createRegistry, type DescFile, type DescMessage, fromBinary, type Message, type MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import { Code, type ConnectRouter } from "@connectrpc/connect";
 import { type FunctionType, type Implementation, isModule, type Logger, type ShoalModule } from "@shoal/sdk";
@@ -10,9 +10,9 @@ import { createStdoutEgress, type Egress } from "./egress.js";
 import { registerIngress } from "./ingress.js";
 import { createPinoLogger, type LogLevel, toShoalLogger } from "./logger.js";
 import { createSemaphore } from "./semaphore.js";
+import { shardOf } from "./shard-hash.js";
 import { type RegisteredFunction, type RetryPolicy, type ShardHost, ShardProcessor, ShardUnavailableError } from "./shard-processor.js";
 import { controlHandlers } from "./shard-state.js";
-import { shardOf } from "./shard-hash.js";
 import type { StorageBackend } from "./storage/storage.js";
 
 /** Options of `createRuntime`. */
@@ -65,10 +65,7 @@ export interface Runtime {
   /** Opens and recovers every shard, then resumes pending work. */
   start(): Promise<void>;
   /** The committed state of an instance, or undefined if it has none. */
-  stateOf<S extends DescMessage>(
-    fn: FunctionType<GenService<GenServiceMethods>, S, unknown>,
-    key: string,
-  ): MessageShape<S> | undefined;
+  stateOf<S extends DescMessage>(fn: FunctionType<GenService<GenServiceMethods>, S, unknown>, key: string): MessageShape<S> | undefined;
   /** Every instance of a function type with its state. */
   instancesOf<S extends DescMessage>(
     fn: FunctionType<GenService<GenServiceMethods>, S, unknown>,
@@ -98,7 +95,8 @@ export interface Runtime {
 /** Creates a node. Call `start()` before serving. */
 export function createRuntime(options: RuntimeOptions): Runtime {
   const shards = options.shards ?? 64;
-  if (!Number.isInteger(shards) || shards < 1 || shards > 65536) throw new Error(`shards must be an integer from 1 to 65536, got ${shards}`);
+  if (!Number.isInteger(shards) || shards < 1 || shards > 65536)
+    throw new Error(`shards must be an integer from 1 to 65536, got ${shards}`);
   const nodeId = options.nodeId ?? randomUUID();
   const clock = options.clock ?? systemClock;
   const pinoLogger = typeof options.logger === "object" ? options.logger : createPinoLogger(options.logger ?? "info");
@@ -131,7 +129,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     if (target === undefined) throw new Error("envelope has no target");
     const registered = functions.get(target.type);
     // Stateless functions have no instance to serialize on: spread by message id.
-    if (registered !== undefined && registered.fn.state === undefined && target.key === "") return shardOf(target.type, envelope.id, shards);
+    if (registered !== undefined && registered.fn.state === undefined && target.key === "")
+      return shardOf(target.type, envelope.id, shards);
     return shardOf(target.type, target.key, shards);
   }
 
@@ -172,7 +171,9 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       return target.deliver(message);
     },
     storageFailed(shard, error) {
-      logger.error(`shard ${shard}: storage failed; requests to it fail with Unavailable until it is recovered`, { error: error instanceof Error ? error.message : String(error) });
+      logger.error(`shard ${shard}: storage failed; requests to it fail with Unavailable until it is recovered`, {
+        error: error instanceof Error ? error.message : String(error),
+      });
       processors[shard] = undefined;
       void recoverShard(shard);
     },

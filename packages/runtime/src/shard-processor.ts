@@ -9,19 +9,19 @@ import {
   CommitSchema,
   type EgressMessage,
   type EgressMessageSchema,
-  type MemoSchema,
-  type StateWriteSchema,
   type Envelope,
   EnvelopeSchema,
   errorReply,
   type InvocationOutcome,
   type LogRecord,
   LogRecordSchema,
+  type MemoSchema,
   type OutboxEntry,
   parseToken,
   type Reply,
   requestHash,
   runInvocation,
+  type StateWriteSchema,
 } from "@shoal/sdk/internal";
 import type { Clock } from "./clock.js";
 import { createSlot, type Semaphore, type Slot } from "./semaphore.js";
@@ -86,7 +86,9 @@ interface PendingEffects {
   finishedInvocations?: string[];
 }
 
-type MailboxItem = { readonly kind: "message"; readonly envelope: Envelope } | { readonly kind: "expire"; readonly type: string; readonly key: string };
+type MailboxItem =
+  | { readonly kind: "message"; readonly envelope: Envelope }
+  | { readonly kind: "expire"; readonly type: string; readonly key: string };
 
 interface Mailbox {
   readonly items: MailboxItem[];
@@ -192,7 +194,8 @@ export class ShardProcessor {
 
   /** Re-arms timers and processes pending messages in log order. */
   resumeProcessing(): void {
-    for (const instance of this.state.instances.values()) if (instance.expiresAtMs > 0) this.armExpiry(instance.type, instance.key, instance.expiresAtMs);
+    for (const instance of this.state.instances.values())
+      if (instance.expiresAtMs > 0) this.armExpiry(instance.type, instance.key, instance.expiresAtMs);
     for (const envelope of this.state.pending.values()) {
       const memoId = memoIdOf(envelope);
       if (memoId !== undefined) this.inflight.set(memoId, envelope.id);
@@ -343,7 +346,10 @@ export class ShardProcessor {
   private fail(err: unknown) {
     if (this.failed !== undefined) return;
     this.failed = err instanceof Error ? err : new Error(String(err));
-    const reply = errorReply(Code.Unavailable, `shard ${this.shard}: storage failed, the message was not processed: ${this.failed.message}`);
+    const reply = errorReply(
+      Code.Unavailable,
+      `shard ${this.shard}: storage failed, the message was not processed: ${this.failed.message}`,
+    );
     for (const list of this.waiters.values()) for (const w of list) w(reply);
     this.waiters.clear();
     this.volatile.clear();
@@ -423,12 +429,17 @@ export class ShardProcessor {
     const registered = target !== undefined ? this.host.lookup(target.type) : undefined;
     const info = registered?.fn.handlers.get(envelope.handler);
     if (target === undefined || registered === undefined || info === undefined) {
-      return { reply: errorReply(Code.Unimplemented, `unknown function or handler ${target?.type ?? "?"}.${envelope.handler}`), commit: {} };
+      return {
+        reply: errorReply(Code.Unimplemented, `unknown function or handler ${target?.type ?? "?"}.${envelope.handler}`),
+        commit: {},
+      };
     }
     const { fn, handlers } = registered;
     const self = { type: target.type, key: target.key };
     const caller = envelope.caller;
-    const log = lazyLogger(() => this.host.invocationLogger({ function: fn.typeName, key: target.key, handler: info.name, invocation: envelope.id }));
+    const log = lazyLogger(() =>
+      this.host.invocationLogger({ function: fn.typeName, key: target.key, handler: info.name, invocation: envelope.id }),
+    );
     const chain = [...envelope.callChain];
     const lockedChain = fn.state !== undefined && !info.shared ? [...chain, `${target.type}/${target.key}`] : chain;
     let journal: readonly CallResult[] = this.state.journals.get(envelope.id) ?? [];
@@ -525,7 +536,10 @@ export class ShardProcessor {
       // Committing it would keep an undeliverable message forever: fail the invocation instead.
       log.error(`no egress named "${unknownEgress.egress}" is configured`);
       return {
-        reply: errorReply(Code.FailedPrecondition, `${fn.typeName}.${info.name}: no egress named "${unknownEgress.egress}" is configured (shoal.yaml egress)`),
+        reply: errorReply(
+          Code.FailedPrecondition,
+          `${fn.typeName}.${info.name}: no egress named "${unknownEgress.egress}" is configured (shoal.yaml egress)`,
+        ),
         commit: outcome.journal.length > 0 ? { finishedInvocations: [envelope.id] } : {},
       };
     }
@@ -669,7 +683,8 @@ export class ShardProcessor {
     for (const entry of commit.outbox) if (entry.envelope !== undefined) this.deliverOutbox(entry.sequence, entry.envelope);
     for (const message of commit.egress) this.emitEgress(message);
     for (const write of commit.stateWrites) {
-      if (write.address !== undefined && write.expiresAtMs > 0n) this.armExpiry(write.address.type, write.address.key, Number(write.expiresAtMs));
+      if (write.address !== undefined && write.expiresAtMs > 0n)
+        this.armExpiry(write.address.type, write.address.key, Number(write.expiresAtMs));
     }
   }
 
@@ -683,7 +698,8 @@ export class ShardProcessor {
         () => this.ack(sequence),
         (err) => {
           const delay = Math.min(5_000, 50 * 2 ** attempt);
-          if (attempt === 3) this.host.logger.warn(`shard ${this.shard}: outbox delivery ${sequence} keeps failing; retrying`, { error: String(err) });
+          if (attempt === 3)
+            this.host.logger.warn(`shard ${this.shard}: outbox delivery ${sequence} keeps failing; retrying`, { error: String(err) });
           const timer = setTimeout(() => this.deliverOutbox(sequence, envelope, attempt + 1), delay);
           timer.unref?.();
         },
@@ -694,12 +710,15 @@ export class ShardProcessor {
     Promise.resolve()
       .then(() => this.host.emitEgress(message))
       .then(
-      () => {
-        this.pendingEgressDelivered.push(message.id);
-        this.scheduleAckFlush();
-      },
-      (err) => this.host.logger.warn(`egress ${message.egress}: delivery of ${message.id} failed; it is retried on recovery`, { error: String(err) }),
-    );
+        () => {
+          this.pendingEgressDelivered.push(message.id);
+          this.scheduleAckFlush();
+        },
+        (err) =>
+          this.host.logger.warn(`egress ${message.egress}: delivery of ${message.id} failed; it is retried on recovery`, {
+            error: String(err),
+          }),
+      );
   }
 
   private ack(sequence: bigint) {

@@ -141,7 +141,12 @@ export class ShardState {
     return create(ShardSnapshotSchema, {
       shard: this.shard,
       sequence: this.sequence,
-      instances: [...this.instances.values()].map((i) => ({ type: i.type, key: i.key, state: i.state, expiresAtMs: BigInt(i.expiresAtMs) })),
+      instances: [...this.instances.values()].map((i) => ({
+        type: i.type,
+        key: i.key,
+        state: i.state,
+        expiresAtMs: BigInt(i.expiresAtMs),
+      })),
       pending: [...this.pending.values()],
       outbox: [...this.outbox].map(([sequence, envelope]) => ({ sequence, envelope })),
       memos: [...this.memos.values()],

@@ -62,8 +62,7 @@ export function createFunctionClient<Svc extends GenService<GenServiceMethods>>(
   for (const method of service.methods) {
     const invoke = connectClient[method.localName];
     if (invoke === undefined) continue;
-    calls[method.localName] = (request: unknown, options?: ClientCallOptions) =>
-      invoke(request, toConnectOptions(options, false));
+    calls[method.localName] = (request: unknown, options?: ClientCallOptions) => invoke(request, toConnectOptions(options, false));
     sends[method.localName] = async (request: unknown, options?: ClientSendOptions): Promise<SendReceipt> => {
       let messageId = "";
       await invoke(request, {

@@ -91,7 +91,9 @@ export function defineFunction<Svc extends GenService<GenServiceMethods>, State 
     throw new FunctionDefinitionError(`${desc.typeName}: state ${options.state} is declared but no schema was given`);
   }
   if (state !== undefined && state.typeName !== options.state) {
-    throw new FunctionDefinitionError(`${desc.typeName}: state schema ${state.typeName} does not match (shoal.v1.function).state ${options.state}`);
+    throw new FunctionDefinitionError(
+      `${desc.typeName}: state schema ${state.typeName} does not match (shoal.v1.function).state ${options.state}`,
+    );
   }
   const stateful = state !== undefined;
   const handlers = new Map<string, HandlerInfo>();

@@ -38,10 +38,7 @@ export interface OutgoingEgress {
   readonly id: string;
 }
 
-export type StateChange =
-  | { readonly kind: "keep" }
-  | { readonly kind: "write"; readonly bytes: Uint8Array }
-  | { readonly kind: "clear" };
+export type StateChange = { readonly kind: "keep" } | { readonly kind: "write"; readonly bytes: Uint8Array } | { readonly kind: "clear" };
 
 /** What a finished invocation commits. */
 export interface InvocationEffects {
@@ -226,7 +223,8 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
         throw new ShoalError(Code.FailedPrecondition, `call cycle: ${cycle.join(" -> ")} (the instance is locked awaiting this call)`);
       }
       const issued = req.issueCall(outgoing);
-      if (issued === "suspend" && suspension === undefined) throw new Error("issueCall suspended an invocation started with canSuspend: false");
+      if (issued === "suspend" && suspension === undefined)
+        throw new Error("issueCall suspended an invocation started with canSuspend: false");
       if (issued === "suspend") {
         pending.push(outgoing);
         if (!suspended) {
@@ -273,7 +271,12 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
     },
     egress(name, schema, message) {
       const m = create(schema, message) as Message;
-      egress.push({ egress: name, typeName: schema.typeName, payload: toBinary(schema, m as never), id: `${req.invocationId}:e${egressCount++}` });
+      egress.push({
+        egress: name,
+        typeName: schema.typeName,
+        payload: toBinary(schema, m as never),
+        id: `${req.invocationId}:e${egressCount++}`,
+      });
     },
   };
   if (state !== undefined) {
@@ -303,7 +306,8 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
   } catch (err) {
     if (err instanceof Suspended) return { status: "suspended", pending, journal };
     if (err instanceof ShoalError) return { status: "done", reply: errorReply(err.code, err.message), effects: noEffects, journal };
-    if (err instanceof NonDeterminismError) return { status: "done", reply: errorReply(Code.Internal, err.message), effects: noEffects, journal };
+    if (err instanceof NonDeterminismError)
+      return { status: "done", reply: errorReply(Code.Internal, err.message), effects: noEffects, journal };
     return { status: "retry", error: err, journal };
   }
   if (suspended) return { status: "suspended", pending, journal };
@@ -316,7 +320,10 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
   } catch (err) {
     return {
       status: "done",
-      reply: errorReply(Code.Internal, `${fn.typeName}.${handler.name} returned a value that is not a ${handler.method.output.typeName}: ${String(err)}`),
+      reply: errorReply(
+        Code.Internal,
+        `${fn.typeName}.${handler.name} returned a value that is not a ${handler.method.output.typeName}: ${String(err)}`,
+      ),
       effects: noEffects,
       journal,
     };

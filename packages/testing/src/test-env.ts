@@ -1,7 +1,15 @@
 import { createRegistry, type DescMessage, fromBinary, type Message, type MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import { createRouterTransport, type Transport } from "@connectrpc/connect";
-import { createManualClock, createMemoryStorage, createRuntime, type Egress, type ManualClock, type Runtime, type RuntimeOptions } from "@shoal/runtime";
+import {
+  createManualClock,
+  createMemoryStorage,
+  createRuntime,
+  type Egress,
+  type ManualClock,
+  type Runtime,
+  type RuntimeOptions,
+} from "@shoal/runtime";
 import { createFunctionClient, type FunctionClient, type FunctionType, type Implementation, type ShoalModule } from "@shoal/sdk";
 
 /** Options of `createTestEnv`. */

@@ -40,14 +40,7 @@ export function recordFrameBytes(recordBytes: number): number {
 }
 
 /** Writes one record frame into `buf` at `offset` and returns the offset after it. */
-export function writeRecordFrame(
-  buf: Buffer,
-  offset: number,
-  flags: number,
-  shard: number,
-  sequence: bigint,
-  record: Uint8Array,
-): number {
+export function writeRecordFrame(buf: Buffer, offset: number, flags: number, shard: number, sequence: bigint, record: Uint8Array): number {
   const payload = offset + FRAME_HEADER_BYTES;
   buf.writeUInt8(RECORD_FORMAT, payload);
   buf.writeUInt8(flags, payload + 1);

@@ -1,16 +1,16 @@
-import { create } from "@bufbuild/protobuf";
-import { type LogRecord, LogRecordSchema, ShardSnapshotSchema } from "@shoal/sdk/internal";
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { create } from "@bufbuild/protobuf";
+import { type LogRecord, LogRecordSchema, ShardSnapshotSchema } from "@shoal/sdk/internal";
 import { afterEach, describe, expect, it } from "vitest";
 import { createLocalStorage, type LocalStorageOptions } from "./local-storage.js";
+import { describeStorageConformance } from "./storage.conformance.js";
 import type { RecoveredShard, StorageBackend } from "./storage.js";
 import { StorageError } from "./storage.js";
-import { describeStorageConformance } from "./storage.conformance.js";
 
 const repositoryRoot = fileURLToPath(new URL("../../../../", import.meta.url));
 const localStorageModule = fileURLToPath(new URL("./local-storage.ts", import.meta.url));
@@ -63,9 +63,7 @@ describe("local storage", () => {
     await writeFile(file, "");
     const underFile = join(file, "store");
     await expect(createLocalStorage({ directory: underFile })).rejects.toThrow(StorageError);
-    await expect(createLocalStorage({ directory: underFile })).rejects.toThrow(
-      new RegExp(`storage directory ${underFile}: .*ENOTDIR`),
-    );
+    await expect(createLocalStorage({ directory: underFile })).rejects.toThrow(new RegExp(`storage directory ${underFile}: .*ENOTDIR`));
     await expect(createLocalStorage({ directory: "/proc/shoal-store" })).rejects.toThrow(
       /storage directory \/proc\/shoal-store: .*(ENOENT|EACCES|EROFS)/,
     );
@@ -100,9 +98,7 @@ describe("local storage", () => {
       setInterval(() => {}, 1000);
     `);
     await waitForLine(child, "ready");
-    await expect(createLocalStorage({ directory })).rejects.toThrow(
-      `storage directory ${directory} is in use by pid ${child.pid}`,
-    );
+    await expect(createLocalStorage({ directory })).rejects.toThrow(`storage directory ${directory} is in use by pid ${child.pid}`);
 
     child.kill("SIGKILL");
     await once(child, "exit");
@@ -357,9 +353,7 @@ function record(id: string, size: number): LogRecord {
 }
 
 function ids(recovered: RecoveredShard): string[] {
-  return recovered.records.flatMap(({ record }) =>
-    record.kind.case === "input" ? [record.kind.value.envelope?.id ?? ""] : [],
-  );
+  return recovered.records.flatMap(({ record }) => (record.kind.case === "input" ? [record.kind.value.envelope?.id ?? ""] : []));
 }
 
 async function segments(directory: string): Promise<string[]> {

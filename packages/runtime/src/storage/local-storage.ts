@@ -1,8 +1,8 @@
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { type LogRecord, LogRecordSchema, type ShardSnapshot, ShardSnapshotSchema } from "@shoal/sdk/internal";
 import { constants } from "node:fs";
 import { type FileHandle, mkdir, open, readdir, readFile, rename, stat, unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { type LogRecord, LogRecordSchema, type ShardSnapshot, ShardSnapshotSchema } from "@shoal/sdk/internal";
 import { type DirectoryLock, lockDirectory } from "./directory-lock.js";
 import { describeFsError, fsErrorCode } from "./fs-errors.js";
 import {
@@ -18,7 +18,6 @@ import {
   recordFrameBytes,
   writeRecordFrame,
 } from "./local-format.js";
-import { checkShardNumber, checkSnapshot } from "./storage-checks.js";
 import {
   type AppendResult,
   FencedError,
@@ -29,6 +28,7 @@ import {
   StorageError,
   type StorageStats,
 } from "./storage.js";
+import { checkShardNumber, checkSnapshot } from "./storage-checks.js";
 
 /** Options of {@link createLocalStorage}. */
 export interface LocalStorageOptions {
@@ -134,9 +134,7 @@ function resolveOptions(options: LocalStorageOptions): Settings {
     }
   }
   if (!Number.isFinite(settings.maxGroupDelayMs) || settings.maxGroupDelayMs < 0) {
-    throw new StorageError(
-      `local storage: option maxGroupDelayMs must be a number >= 0, got ${settings.maxGroupDelayMs}`,
-    );
+    throw new StorageError(`local storage: option maxGroupDelayMs must be a number >= 0, got ${settings.maxGroupDelayMs}`);
   }
   return settings;
 }
@@ -583,10 +581,7 @@ class LocalStorage implements StorageBackend {
   private fail(group: Group, error: StorageError): void {
     const failed = [group, ...this.queue.splice(0)];
     for (const [i, g] of failed.entries()) {
-      const reason =
-        i === 0
-          ? error
-          : new StorageError(`not written: an earlier group commit failed: ${error.message}`, { cause: error });
+      const reason = i === 0 ? error : new StorageError(`not written: an earlier group commit failed: ${error.message}`, { cause: error });
       for (const r of g.records) r.log.failure ??= reason;
       g.reject(reason);
     }
@@ -614,9 +609,7 @@ class LocalStorage implements StorageBackend {
     const current = this.segments.at(-1) as Segment;
     if (current.size < this.settings.segmentBytes) return;
     const path = join(this.directory, segmentName(firstSequence));
-    const file = await fsStep(`cannot start log segment ${path}`, () =>
-      createSegmentFile(path, this.directory, this.settings),
-    );
+    const file = await fsStep(`cannot start log segment ${path}`, () => createSegmentFile(path, this.directory, this.settings));
     const previous = this.active;
     this.active = file;
     this.segments.push({ path, size: 0, maxSequence: new Map() });
@@ -738,12 +731,7 @@ class LocalStorage implements StorageBackend {
       checkSnapshot(log.shard, snapshot, this.durableSequence, state.snapshot?.sequence);
       const path = join(this.snapshotDirectory, snapshotName(log.shard, snapshot.sequence));
       const temporary = `${path}.tmp`;
-      const content = encodeSnapshotFile(
-        log.shard,
-        snapshot.sequence,
-        log.epoch,
-        toBinary(ShardSnapshotSchema, snapshot),
-      );
+      const content = encodeSnapshotFile(log.shard, snapshot.sequence, log.epoch, toBinary(ShardSnapshotSchema, snapshot));
       try {
         const file = await open(temporary, "w");
         try {

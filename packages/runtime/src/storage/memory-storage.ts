@@ -1,6 +1,5 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type LogRecord, LogRecordSchema, type ShardSnapshot, ShardSnapshotSchema } from "@shoal/sdk/internal";
-import { checkShardNumber, checkSnapshot } from "./storage-checks.js";
 import {
   type AppendResult,
   FencedError,
@@ -10,6 +9,7 @@ import {
   StorageError,
   type StorageStats,
 } from "./storage.js";
+import { checkShardNumber, checkSnapshot } from "./storage-checks.js";
 
 /**
  * A storage backend that keeps everything in memory, for unit tests: it has
@@ -80,9 +80,7 @@ export function createMemoryStorage(): StorageBackend {
     function checkWritable(): void {
       checkOpen();
       if (state.epoch !== epoch) {
-        throw new FencedError(
-          `shard ${shard}: this log (epoch ${epoch}) was fenced by epoch ${state.epoch} of owner ${state.owner}`,
-        );
+        throw new FencedError(`shard ${shard}: this log (epoch ${epoch}) was fenced by epoch ${state.epoch} of owner ${state.owner}`);
       }
       if (closedLog) throw new StorageError(`shard ${shard}: this log (epoch ${epoch}) is closed`);
     }

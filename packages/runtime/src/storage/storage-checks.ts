@@ -15,16 +15,9 @@ export function checkShardNumber(shard: number): void {
  * for that shard, cover only durable records (`durableSequence` is the highest
  * durable sequence of the store) and not go back before the stored snapshot.
  */
-export function checkSnapshot(
-  shard: number,
-  snapshot: ShardSnapshot,
-  durableSequence: bigint,
-  storedSequence: bigint | undefined,
-): void {
+export function checkSnapshot(shard: number, snapshot: ShardSnapshot, durableSequence: bigint, storedSequence: bigint | undefined): void {
   if (snapshot.shard !== shard) {
-    throw new StorageError(
-      `shard ${shard}: cannot store a snapshot of shard ${snapshot.shard}; write it through that shard's log`,
-    );
+    throw new StorageError(`shard ${shard}: cannot store a snapshot of shard ${snapshot.shard}; write it through that shard's log`);
   }
   if (snapshot.sequence > durableSequence) {
     throw new StorageError(

@@ -117,9 +117,7 @@ export function describeStorageConformance(
           expectIncreasing(recovered);
           const expected = [
             ...Array.from({ length: 8 }, (_, k) => `c${k * 8 + log.shard}`),
-            ...Array.from({ length: 8 }, (_, k) =>
-              Array.from({ length: 5 }, (_, round) => `w${k * 8 + log.shard}-${round}`),
-            ),
+            ...Array.from({ length: 8 }, (_, k) => Array.from({ length: 5 }, (_, round) => `w${k * 8 + log.shard}-${round}`)),
           ];
           const got = ids(recovered);
           expect(got.slice(0, 8)).toEqual(expected.slice(0, 8));
@@ -255,11 +253,13 @@ export function describeStorageConformance(
         const recoveredZero = await zeroAgain.recover();
         expect(ids(recoveredZero)).toEqual(["z1", "z2", "z3"]);
         expectIncreasing(recoveredZero);
-      }));
+      }),
+    );
 
     tearIt?.("ignores a torn last record and keeps appending", () =>
       run(create, async (t) => {
-        if (t.reopen === undefined || t.tearLastRecord === undefined) throw new Error(`${name}: canTearWrites needs reopen() and tearLastRecord()`);
+        if (t.reopen === undefined || t.tearLastRecord === undefined)
+          throw new Error(`${name}: canTearWrites needs reopen() and tearLastRecord()`);
         const log = await t.backend.openShard(0, "node-a");
         await log.append([input("t1")]).durable;
         const torn = log.append([input("t2")]);
@@ -276,7 +276,8 @@ export function describeStorageConformance(
         const recovered = await again.recover();
         expect(ids(recovered)).toEqual(["t1", "t3"]);
         expectIncreasing(recovered);
-      }));
+      }),
+    );
 
     it("refuses a stale writer", () =>
       run(create, async (t) => {
