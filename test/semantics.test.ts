@@ -233,3 +233,35 @@ it("fails an invocation that emits to an egress that is not configured, committi
     await runtime.close();
   }
 });
+
+it("bounds the handlers running at once across instances (maxConcurrentInvocations)", async () => {
+  let running = 0;
+  let peak = 0;
+  const runtime = createRuntime({
+    functions: [
+      implement(GreeterFunction, {
+        ...greeter,
+        async greet(req, ctx) {
+          running++;
+          peak = Math.max(peak, running);
+          await new Promise((resolve) => setTimeout(resolve, 5));
+          running--;
+          return greeter.greet(req, ctx);
+        },
+      }),
+    ],
+    storage: createMemoryStorage(),
+    shards: 4,
+    maxConcurrentInvocations: 3,
+    logger: "silent",
+  });
+  await runtime.start();
+  try {
+    const client = createFunctionClient(GreeterFunction, createRouterTransport(runtime.routes));
+    const replies = await Promise.all(Array.from({ length: 20 }, (_, i) => client.greet({ name: `c${i}` })));
+    expect(replies.every((r) => r.times === 1)).toBe(true);
+    expect(peak).toBe(3);
+  } finally {
+    await runtime.close();
+  }
+});
