@@ -143,6 +143,41 @@ describe("raw HTTP", () => {
     expect(ok.status).toBe(200);
   });
 
+  it("answers a malformed binary body with InvalidArgument over gRPC-web and gRPC too", async () => {
+    const garbage = new Uint8Array([0x0a, 0xff, 0x01]);
+    const frame = new Uint8Array(5 + garbage.length);
+    new DataView(frame.buffer).setUint32(1, garbage.length);
+    frame.set(garbage, 5);
+    const web = await post("/greeter.v1.Greeter/Greet", frame, "application/grpc-web+proto");
+    const webBody = Buffer.from(await web.arrayBuffer()).toString("latin1");
+    expect(webBody).toMatch(/grpc-status: ?3\b/);
+    expect(webBody).toContain("parse%20binary");
+
+    const session = http2Connect(server.url);
+    try {
+      const status = await new Promise<string | undefined>((resolve, reject) => {
+        const req = session.request({
+          ":method": "POST",
+          ":path": "/greeter.v1.Greeter/Greet",
+          "content-type": "application/grpc+proto",
+          te: "trailers",
+        });
+        let fromHeaders: string | undefined;
+        req.on("response", (headers) => {
+          fromHeaders = headers["grpc-status"] as string | undefined;
+        });
+        req.on("trailers", (trailers) => resolve((trailers["grpc-status"] as string | undefined) ?? fromHeaders));
+        req.on("end", () => resolve(fromHeaders));
+        req.on("error", reject);
+        req.resume();
+        req.end(frame);
+      });
+      expect(status).toBe("3");
+    } finally {
+      session.close();
+    }
+  });
+
   it("answers an oversized JSON body with ResourceExhausted", async () => {
     const res = await post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "y".repeat(4000) }));
     expect(await res.json()).toMatchObject({ code: "resource_exhausted" });

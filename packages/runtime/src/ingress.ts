@@ -83,9 +83,10 @@ type UniversalResponse = Awaited<ReturnType<UniversalHandler>>;
 // connect-es answers a request body that is not valid protobuf binary with
 // `internal` ("parse binary: ..."), while a malformed JSON body gets
 // `invalid_argument`. Both are the client's fault, and DESIGN §12 promises
-// InvalidArgument, so the ingress rewrites that one error on its way out (the
-// success path is untouched). Covers the Connect and gRPC protocols; gRPC-web
-// carries its status inside the body and keeps connect-es's code.
+// InvalidArgument, so the ingress rewrites that one error on its way out: in
+// the Connect error body, in gRPC's trailers, and in gRPC-web's trailer frame
+// (the only case that touches successful responses: a unary gRPC-web body is
+// read whole before it is passed on).
 function reportParseErrorsAsInvalidArgument(router: ConnectRouter) {
   router.handlers.forEach((original, i) => {
     const wrapped = Object.assign(async (req: Parameters<UniversalHandler>[0]) => await rewriteParseError(await original(req)), original);
@@ -96,12 +97,41 @@ function reportParseErrorsAsInvalidArgument(router: ConnectRouter) {
 const parseBinary = "parse binary:";
 const textDecoder = new TextDecoder();
 
+// gRPC-web frames: a flags byte (0x80: trailers), a big-endian u32 length, the data.
+async function* rewriteGrpcWebTrailer(body: AsyncIterable<Uint8Array>): AsyncIterable<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of body) chunks.push(chunk);
+  const bytes = Buffer.concat(chunks);
+  for (let offset = 0; offset + 5 <= bytes.length; ) {
+    const length = bytes.readUInt32BE(offset + 1);
+    const end = offset + 5 + length;
+    if (end > bytes.length) break;
+    if ((bytes[offset] ?? 0) & 0x80) {
+      const trailer = bytes.subarray(offset + 5, end).toString("latin1");
+      const message = /^grpc-message: *(.*)$/im.exec(trailer)?.[1]?.trim();
+      if (/^grpc-status: *13\s*$/im.test(trailer) && message !== undefined && decodeURIComponent(message).startsWith(parseBinary)) {
+        const fixed = Buffer.from(trailer.replace(/^grpc-status: *13/im, `grpc-status: ${Code.InvalidArgument}`), "latin1");
+        const head = Buffer.alloc(5);
+        head[0] = bytes[offset] ?? 0x80;
+        head.writeUInt32BE(fixed.length, 1);
+        yield Buffer.concat([bytes.subarray(0, offset), head, fixed, bytes.subarray(end)]);
+        return;
+      }
+    }
+    offset = end;
+  }
+  yield bytes;
+}
+
 async function rewriteParseError(res: UniversalResponse): Promise<UniversalResponse> {
   for (const h of [res.header, res.trailer]) {
     const message = h?.get("grpc-message");
     if (h?.get("grpc-status") === String(Code.Internal) && message != null && decodeURIComponent(message).startsWith(parseBinary)) {
       h.set("grpc-status", String(Code.InvalidArgument));
     }
+  }
+  if (res.body !== undefined && res.header?.get("content-type")?.startsWith("application/grpc-web")) {
+    return { ...res, body: rewriteGrpcWebTrailer(res.body) };
   }
   if (res.status !== 500 || res.body === undefined || res.header?.get("content-type") !== "application/json") return res;
   // A Connect unary error: one small JSON body.
