@@ -3,7 +3,8 @@
 // run while the instance is locked, and nothing leaves a shard before its
 // commit is durable.
 import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
-import { createMemoryStorage, createRuntime, type Egress, type StorageBackend } from "@shoal/runtime";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { createMemoryStorage, createRuntime, type Egress, listen, type StorageBackend } from "@shoal/runtime";
 import { createFunctionClient, implement } from "@shoal/sdk";
 import { createTestEnv } from "@shoal/testing";
 import { describe, expect, it } from "vitest";
@@ -261,6 +262,37 @@ it("bounds the handlers running at once across instances (maxConcurrentInvocatio
     const replies = await Promise.all(Array.from({ length: 20 }, (_, i) => client.greet({ name: `c${i}` })));
     expect(replies.every((r) => r.times === 1)).toBe(true);
     expect(peak).toBe(3);
+  } finally {
+    await runtime.close();
+  }
+});
+
+it("lets requests in flight finish when the server closes", async () => {
+  const runtime = createRuntime({
+    functions: [
+      implement(GreeterFunction, {
+        ...greeter,
+        async greet(req, ctx) {
+          await new Promise((resolve) => setTimeout(resolve, 200));
+          return greeter.greet(req, ctx);
+        },
+      }),
+    ],
+    storage: createMemoryStorage(),
+    shards: 1,
+    logger: "silent",
+  });
+  await runtime.start();
+  const server = await listen(runtime, { port: 0 });
+  try {
+    const client = createFunctionClient(GreeterFunction, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
+    const inFlight = client.greet({ name: "late" });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const closing = server.close();
+    expect(await inFlight).toMatchObject({ greeting: "Hello, late!", times: 1 });
+    await closing;
+    const refused = await client.greet({ name: "after" }).catch((e) => ConnectError.from(e));
+    expect(refused).toBeInstanceOf(ConnectError); // connection refused: the port is closed
   } finally {
     await runtime.close();
   }

@@ -10,6 +10,8 @@ export interface ListenOptions {
   readonly port?: number;
   /** Interface to bind. Default "127.0.0.1". */
   readonly host?: string;
+  /** On close, how long requests in flight may take to finish, in ms. Default 5 000. */
+  readonly shutdownGraceMs?: number;
 }
 
 /** A listening ingress. */
@@ -17,6 +19,10 @@ export interface RuntimeServer {
   /** `http://host:port`. */
   readonly url: string;
   readonly port: number;
+  /**
+   * Stops accepting connections, lets requests in flight finish (up to
+   * `shutdownGraceMs`), then closes every connection.
+   */
   close(): Promise<void>;
 }
 
@@ -28,13 +34,23 @@ const http2Preface = Buffer.from("PRI * HTTP/2.0\r\n");
  * handed to the server that speaks the protocol of its first bytes.
  */
 export async function listen(runtime: Runtime, options: ListenOptions = {}): Promise<RuntimeServer> {
-  const handler = connectNodeAdapter({
+  const connectHandler = connectNodeAdapter({
     routes: runtime.routes,
     readMaxBytes: runtime.maxRequestBytes,
     grpc: true,
     grpcWeb: true,
     connect: true,
   });
+  let inFlight = 0;
+  let drained: (() => void) | undefined;
+  const handler = (req: Parameters<typeof connectHandler>[0], res: Parameters<typeof connectHandler>[1]) => {
+    inFlight++;
+    res.once("close", () => {
+      inFlight--;
+      if (inFlight === 0) drained?.();
+    });
+    connectHandler(req, res);
+  };
   const http1: Http1Server = createHttp1Server(handler);
   const http2: Http2Server = createHttp2Server({}, handler);
   const sockets = new Set<Socket>();
@@ -62,11 +78,18 @@ export async function listen(runtime: Runtime, options: ListenOptions = {}): Pro
   return {
     url: `http://${host.includes(":") ? `[${host}]` : host}:${port}`,
     port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        http1.closeAllConnections();
-        for (const socket of sockets) socket.destroy();
-      }),
+    async close() {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      http1.closeIdleConnections();
+      if (inFlight > 0) {
+        await new Promise<void>((resolve) => {
+          drained = resolve;
+          setTimeout(resolve, options.shutdownGraceMs ?? 5_000).unref();
+        });
+      }
+      http1.closeAllConnections();
+      for (const socket of sockets) socket.destroy();
+      await closed;
+    },
   };
 }

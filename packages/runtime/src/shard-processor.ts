@@ -344,7 +344,8 @@ export class ShardProcessor {
   }
 
   private fail(err: unknown) {
-    if (this.failed !== undefined) return;
+    // A shard that is shutting down refuses appends by design: not a failure.
+    if (this.failed !== undefined || this.closed) return;
     this.failed = err instanceof Error ? err : new Error(String(err));
     const reply = errorReply(
       Code.Unavailable,
