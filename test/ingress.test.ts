@@ -191,6 +191,22 @@ describe("raw HTTP", () => {
     expect(await res.json()).toMatchObject({ code: "invalid_argument", message: expect.stringContaining("shoal-delay-ms") });
   });
 
+  it("serves Prometheus metrics and a health check beside the functions", async () => {
+    await post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "metered" }));
+    await post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "refuse" }));
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    expect(metrics).toMatch(/^shoal_invocations_total\{function="greeter\.v1\.Greeter",handler="Greet",outcome="ok"\} \d+$/m);
+    expect(metrics).toMatch(/^shoal_invocations_total\{function="greeter\.v1\.Greeter",handler="Greet",outcome="PermissionDenied"\} \d+$/m);
+    expect(metrics).toMatch(
+      /^shoal_invocation_duration_seconds_bucket\{le="0\.005",function="greeter\.v1\.Greeter",handler="Greet"\} \d+$/m,
+    );
+    expect(metrics).toMatch(/^shoal_instances\{shard="\d+"\} \d+$/m);
+    expect(metrics).toMatch(/^shoal_storage_groups \d+$/m);
+    const health = await fetch(`${server.url}/healthz`);
+    expect([health.status, await health.text()]).toEqual([200, "ok\n"]);
+    expect((await fetch(`${server.url}/nothing`)).status).toBe(404);
+  });
+
   it("speaks h2c with prior knowledge on the same port", async () => {
     const session = http2Connect(server.url);
     try {

@@ -9,6 +9,7 @@ import { type Clock, systemClock } from "./clock.js";
 import { createStdoutEgress, type Egress } from "./egress.js";
 import { registerIngress } from "./ingress.js";
 import { createPinoLogger, type LogLevel, toShoalLogger } from "./logger.js";
+import { createRuntimeMetrics } from "./metrics.js";
 import { createSemaphore } from "./semaphore.js";
 import { shardOf } from "./shard-hash.js";
 import { type RegisteredFunction, type RetryPolicy, type ShardHost, ShardProcessor, ShardUnavailableError } from "./shard-processor.js";
@@ -62,6 +63,8 @@ export interface Runtime {
   readonly routes: (router: ConnectRouter) => void;
   /** Largest request body the ingress accepts, in bytes. */
   readonly maxRequestBytes: number;
+  /** Prometheus metrics of this node, served by `listen` at `GET /metrics`. */
+  metrics(): Promise<{ contentType: string; text: string }>;
   /** Opens and recovers every shard, then resumes pending work. */
   start(): Promise<void>;
   /** The committed state of an instance, or undefined if it has none. */
@@ -143,6 +146,10 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     memoRetentionMs: options.memoRetentionMs ?? 24 * 3600_000,
     snapshotEvery: options.snapshotEvery ?? 10_000,
     logger,
+    metrics: createRuntimeMetrics({
+      shardStats: () => runtime.status(),
+      storageStats: () => options.storage.stats?.(),
+    }),
     waitsFor: new Map(),
     invocationLogger: (fields) => toShoalLogger(pinoLogger.child(fields)),
     lookup: (name) => functions.get(name),
@@ -216,6 +223,10 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     logger,
     maxRequestBytes: options.maxRequestBytes ?? 4 * 1024 * 1024,
     routes: (router) => registerIngress(router, runtime),
+    async metrics() {
+      const registry = host.metrics.registry;
+      return { contentType: registry.contentType, text: await registry.metrics() };
+    },
     start() {
       started ??= (async () => {
         const opened: ShardProcessor[] = [];

@@ -40,6 +40,33 @@ export async function listen(runtime: Runtime, options: ListenOptions = {}): Pro
     grpc: true,
     grpcWeb: true,
     connect: true,
+    // Outside the Connect routes: metrics for Prometheus and a health check.
+    fallback(req, res) {
+      const path = req.url?.split("?", 1)[0];
+      if (req.method === "GET" && path === "/metrics") {
+        runtime.metrics().then(
+          ({ contentType, text }) => {
+            res.writeHead(200, { "content-type": contentType });
+            res.end(text);
+          },
+          (err) => {
+            res.writeHead(500, { "content-type": "text/plain" });
+            res.end(String(err));
+          },
+        );
+        return;
+      }
+      if (req.method === "GET" && path === "/healthz") {
+        const failed = runtime.status().filter((s) => s.failed !== undefined).length;
+        const open = runtime.status().length;
+        const healthy = failed === 0 && open === runtime.shards;
+        res.writeHead(healthy ? 200 : 503, { "content-type": "text/plain" });
+        res.end(healthy ? "ok\n" : `${runtime.shards - open + failed} of ${runtime.shards} shards unavailable\n`);
+        return;
+      }
+      res.writeHead(404);
+      res.end();
+    },
   });
   let inFlight = 0;
   let drained: (() => void) | undefined;

@@ -24,6 +24,7 @@ import {
   type StateWriteSchema,
 } from "@shoal/sdk/internal";
 import type { Clock } from "./clock.js";
+import type { RuntimeMetrics } from "./metrics.js";
 import { createSlot, type Semaphore, type Slot } from "./semaphore.js";
 import { controlHandlers, instanceId, ShardState } from "./shard-state.js";
 import type { ShardLog } from "./storage/storage.js";
@@ -54,6 +55,7 @@ export interface ShardHost {
   readonly memoRetentionMs: number;
   readonly snapshotEvery: number;
   readonly logger: Logger;
+  readonly metrics: RuntimeMetrics;
   /**
    * Locked instance -> the locked instance its invocation awaits a call to
    * (`type/key`): the wait-for graph that detects call cycles across chains.
@@ -323,7 +325,12 @@ export class ShardProcessor {
       this.fail(err);
       return Promise.reject(err);
     }
-    for (const record of records) this.state.apply(record, result.lastSequence);
+    let commits = 0;
+    for (const record of records) {
+      this.state.apply(record, result.lastSequence);
+      if (record.kind.case === "commit") commits++;
+    }
+    if (commits > 0) this.host.metrics.committed(commits);
     this.recordsSinceSnapshot += records.length;
     if (this.recordsSinceSnapshot >= this.host.snapshotEvery && !this.snapshotting) this.snapshot(result.durable);
     result.durable.catch((err) => this.fail(err));
@@ -413,7 +420,15 @@ export class ShardProcessor {
     const slot = createSlot(this.host.slots);
     try {
       await slot.acquire();
+      const started = performance.now();
       const outcome = await this.execute(envelope, slot);
+      const failure = outcome.reply.result.case === "error" ? outcome.reply.result.value : undefined;
+      this.host.metrics.invocationFinished(
+        envelope.target?.type ?? "",
+        envelope.handler,
+        failure === undefined ? "ok" : (Code[failure.code] ?? String(failure.code)),
+        (performance.now() - started) / 1000,
+      );
       if (this.failed !== undefined || this.closed) return;
       if (this.pendingEnvelope(envelope.id) === undefined) return;
       this.commitOutcome(envelope, outcome.reply, outcome.commit, outcome.output);
@@ -519,6 +534,7 @@ export class ShardProcessor {
           commit: { finishedInvocations: [envelope.id] },
         };
       }
+      this.host.metrics.invocationRetried(fn.typeName, info.name);
       const delay = Math.min(maxDelayMs, initialDelayMs * 2 ** (attempt - 1));
       log.warn(`handler failed, retrying in ${delay} ms (attempt ${attempt} of ${maxAttempts})`, { error: String(outcome.error) });
       slot.release();

@@ -1,0 +1,85 @@
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+
+/** What the metrics read from the runtime when scraped. */
+export interface MetricsSource {
+  shardStats(): Array<{ shard: number; instances: number; pending: number; outbox: number; memos: number }>;
+  storageStats(): { groups: number; records: number; bytes: number } | undefined;
+}
+
+/** The runtime's Prometheus metrics (one registry per runtime). */
+export interface RuntimeMetrics {
+  readonly registry: Registry;
+  /** A handler run ended with a reply (`outcome`: "ok" or the error code's name). */
+  invocationFinished(fn: string, handler: string, outcome: string, seconds: number): void;
+  /** A handler threw something other than ShoalError and will run again. */
+  invocationRetried(fn: string, handler: string): void;
+  /** A commit was appended: how many records it held. */
+  committed(records: number): void;
+}
+
+/**
+ * Creates the runtime's metrics: invocations and their latency by function,
+ * handler and outcome; retries; commits; per-shard instances, pending messages
+ * (the shard's lag) and undelivered outbox entries; and the storage's group
+ * commits with the records and bytes they covered.
+ */
+export function createRuntimeMetrics(source: MetricsSource): RuntimeMetrics {
+  const registry = new Registry();
+  const invocations = new Counter({
+    name: "shoal_invocations_total",
+    help: "Handler runs that ended with a reply, by function, handler and outcome (ok or the Connect code)",
+    labelNames: ["function", "handler", "outcome"] as const,
+    registers: [registry],
+  });
+  const latency = new Histogram({
+    name: "shoal_invocation_duration_seconds",
+    help: "Time from the start of a handler run to its reply, calls included, before the commit",
+    labelNames: ["function", "handler"] as const,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [registry],
+  });
+  const retries = new Counter({
+    name: "shoal_invocation_retries_total",
+    help: "Handler runs that threw something other than ShoalError and were retried",
+    labelNames: ["function", "handler"] as const,
+    registers: [registry],
+  });
+  const commits = new Counter({ name: "shoal_commits_total", help: "Commit records appended", registers: [registry] });
+  const perShard = (name: string, help: string, pick: (s: ReturnType<MetricsSource["shardStats"]>[number]) => number) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ["shard"] as const,
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const s of source.shardStats()) this.set({ shard: String(s.shard) }, pick(s));
+      },
+    });
+  perShard("shoal_instances", "Instances with state, per shard", (s) => s.instances);
+  perShard("shoal_pending_messages", "Messages accepted and not yet processed, per shard (its lag)", (s) => s.pending);
+  perShard("shoal_outbox_undelivered", "Outbox entries not yet acknowledged by their receiver, per shard", (s) => s.outbox);
+  perShard("shoal_memos", "Memoized replies kept for idempotency keys and calls, per shard", (s) => s.memos);
+  const storageGauge = (name: string, help: string, pick: (s: { groups: number; records: number; bytes: number }) => number) =>
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        const stats = source.storageStats();
+        if (stats !== undefined) this.set(pick(stats));
+      },
+    });
+  storageGauge("shoal_storage_groups", "Group commits made durable (one fsync each) since start", (s) => s.groups);
+  storageGauge("shoal_storage_records", "Records those group commits covered", (s) => s.records);
+  storageGauge("shoal_storage_bytes", "Bytes those group commits covered", (s) => s.bytes);
+  return {
+    registry,
+    invocationFinished(fn, handler, outcome, seconds) {
+      invocations.inc({ function: fn, handler, outcome });
+      latency.observe({ function: fn, handler }, seconds);
+    },
+    invocationRetried: (fn, handler) => retries.inc({ function: fn, handler }),
+    committed: (records) => commits.inc(records),
+  };
+}
