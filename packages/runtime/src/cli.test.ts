@@ -189,6 +189,24 @@ describe("shoal serve", () => {
     expect(refused.code).toBe(1);
     expect(JSON.parse(refused.stderr)).toMatchObject({ code: "invalid_argument" });
 
+    const status = await run(["status", "--url", url as string]);
+    expect(status.code).toBe(0);
+    expect(status.stdout).toMatch(/^node \S+: 64 of 64 shards open; functions: greeter\.v1\.Greeter\ninstances 2, pending 0/);
+    expect(await run(["state", "get", "greeter.v1.Greeter", "joe", "--url", url as string])).toMatchObject({
+      code: 0,
+      stdout: '{"times":2}\n',
+    });
+    expect(await run(["state", "list", "greeter.v1.Greeter", "--url", url as string])).toMatchObject({ code: 0, stdout: "ann\njoe\n" });
+    const paged = await run(["state", "list", "greeter.v1.Greeter", "--limit", "1", "--url", url as string]);
+    expect(paged).toMatchObject({ code: 0, stdout: "ann\n", stderr: '(more: shoal state list greeter.v1.Greeter --after "ann")\n' });
+    const none = await run(["state", "get", "greeter.v1.Greeter", "nobody", "--url", url as string]);
+    expect(none).toMatchObject({ code: 1, stderr: 'shoal: greeter.v1.Greeter "nobody" has no state\n' });
+    const unknown = await run(["state", "list", "shop.v1.Nothing", "--url", url as string]);
+    expect(unknown).toMatchObject({
+      code: 1,
+      stderr: 'shoal: not_found: no function type "shop.v1.Nothing" runs here (known: greeter.v1.Greeter)\n',
+    });
+
     shoal.child.kill("SIGTERM");
     const exited = await shoal.exited;
     expect(exited.code).toBe(0);

@@ -32,11 +32,13 @@ class CliError extends Error {
 
 function fail(err: unknown): never {
   const message =
-    err instanceof ConfigError || err instanceof CliError
-      ? err.message
-      : err instanceof Error
-        ? `${err.name}: ${err.message}`
-        : String(err);
+    err instanceof ErrorAnswer
+      ? describeErrorAnswer(err.message)
+      : err instanceof ConfigError || err instanceof CliError
+        ? err.message
+        : err instanceof Error
+          ? `${err.name}: ${err.message}`
+          : String(err);
   process.stderr.write(`shoal: ${message}\n`);
   process.exit(1);
 }
@@ -107,28 +109,131 @@ export function createCli(): Command {
       if (opts.idempotencyKey) headers["idempotency-key"] = opts.idempotencyKey;
       if (opts.send) headers["shoal-send"] = "1";
       if (opts.delay !== undefined) headers["shoal-delay-ms"] = String(opts.delay);
-      const url = `${opts.url.replace(/\/$/, "")}/${method}`;
       try {
-        let res: Response;
-        try {
-          res = await fetch(url, { method: "POST", headers, body: json });
-        } catch (err) {
-          // fetch says only "fetch failed"; the reason (ECONNREFUSED, a bad URL, ...) is its cause.
-          const cause =
-            err instanceof Error && err.cause instanceof Error ? err.cause.message : err instanceof Error ? err.message : String(err);
-          throw new CliError(`cannot reach ${url}: ${cause}`);
-        }
-        const text = await res.text();
-        if (!res.ok) {
-          process.stderr.write(`${text}\n`);
+        const res = await postJson(opts.url, method, json, headers);
+        const id = res.headers.get("shoal-message-id");
+        process.stdout.write(opts.send && id ? `${JSON.stringify({ messageId: id })}\n` : `${res.text}\n`);
+      } catch (err) {
+        if (err instanceof ErrorAnswer) {
+          // The Connect error as it came, for scripts to parse.
+          process.stderr.write(`${err.message}\n`);
           process.exit(1);
         }
-        const id = res.headers.get("shoal-message-id");
-        process.stdout.write(opts.send && id ? `${JSON.stringify({ messageId: id })}\n` : `${text}\n`);
+        fail(err);
+      }
+    });
+
+  program
+    .command("status")
+    .description("the node's shards: instances, pending messages (lag), undelivered outbox, storage group commits")
+    .option("-u, --url <url>", "the runtime's address", "http://127.0.0.1:8080")
+    .action(async (opts) => {
+      try {
+        const status = JSON.parse((await postJson(opts.url, "shoal.v1.Admin/Status", "{}")).text) as {
+          node?: string;
+          shards?: number;
+          functions?: string[];
+          shardStatus?: Array<Record<string, number | string | undefined>>;
+          storageGroups?: string;
+          storageRecords?: string;
+          storageBytes?: string;
+        };
+        const rows = status.shardStatus ?? [];
+        const sum = (field: string) => rows.reduce((total, r) => total + Number(r[field] ?? 0), 0);
+        const lines = [
+          `node ${status.node ?? "?"}: ${rows.length} of ${status.shards ?? 0} shards open; functions: ${(status.functions ?? []).join(", ")}`,
+          `instances ${sum("instances")}, pending ${sum("pending")}, undelivered outbox ${sum("outbox")}, memos ${sum("memos")}`,
+          `storage: ${status.storageGroups ?? 0} group commits covering ${status.storageRecords ?? 0} records, ${status.storageBytes ?? 0} bytes`,
+          "shard  epoch  sequence  instances  pending  outbox",
+          ...rows.map((r) =>
+            [r.shard ?? 0, r.epoch ?? 0, r.sequence ?? 0, r.instances ?? 0, r.pending ?? 0, r.outbox ?? 0]
+              .map((v, i) => String(v).padStart([5, 6, 9, 10, 8, 7][i] ?? 0))
+              .join(" "),
+          ),
+        ];
+        process.stdout.write(`${lines.join("\n")}\n`);
+      } catch (err) {
+        fail(err);
+      }
+    });
+
+  const state = program.command("state").description("read instances' committed state");
+  state
+    .command("get")
+    .description("one instance's state as JSON")
+    .argument("<function>", "the function type, e.g. shop.v1.Cart")
+    .argument("<key>", "the instance key")
+    .option("-u, --url <url>", "the runtime's address", "http://127.0.0.1:8080")
+    .action(async (fn: string, key: string, opts) => {
+      try {
+        const res = JSON.parse((await postJson(opts.url, "shoal.v1.Admin/GetState", JSON.stringify({ function: fn, key }))).text) as {
+          found?: boolean;
+          stateJson?: string;
+        };
+        if (!res.found) throw new CliError(`${fn} ${JSON.stringify(key)} has no state`);
+        process.stdout.write(`${res.stateJson}\n`);
+      } catch (err) {
+        fail(err);
+      }
+    });
+  state
+    .command("list")
+    .description("the keys of a function type's instances, one a line")
+    .argument("<function>", "the function type, e.g. shop.v1.Cart")
+    .option("-u, --url <url>", "the runtime's address", "http://127.0.0.1:8080")
+    .option("-n, --limit <n>", "at most this many keys", intArg, 100)
+    .option("--after <key>", "only keys after this one (paging)", "")
+    .action(async (fn: string, opts) => {
+      try {
+        const body = JSON.stringify({ function: fn, limit: opts.limit, after: opts.after });
+        const res = JSON.parse((await postJson(opts.url, "shoal.v1.Admin/ListInstances", body)).text) as {
+          keys?: string[];
+          more?: boolean;
+        };
+        const keys = res.keys ?? [];
+        process.stdout.write(keys.map((k) => `${k}\n`).join(""));
+        if (res.more) process.stderr.write(`(more: shoal state list ${fn} --after ${JSON.stringify(keys.at(-1) ?? "")})\n`);
       } catch (err) {
         fail(err);
       }
     });
 
   return program;
+}
+
+/** POSTs Connect JSON; a non-2xx answer fails with the server's error body. */
+async function postJson(
+  base: string,
+  method: string,
+  body: string,
+  headers: Record<string, string> = { "content-type": "application/json" },
+) {
+  const url = `${base.replace(/\/$/, "")}/${method}`;
+  let res: Response;
+  try {
+    res = await fetch(url, { method: "POST", headers, body });
+  } catch (err) {
+    // fetch says only "fetch failed"; the reason (ECONNREFUSED, a bad URL, ...) is its cause.
+    const cause = err instanceof Error && err.cause instanceof Error ? err.cause.message : err instanceof Error ? err.message : String(err);
+    throw new CliError(`cannot reach ${url}: ${cause}`);
+  }
+  const text = await res.text();
+  if (!res.ok) throw new ErrorAnswer(text);
+  return { text, headers: res.headers };
+}
+
+/** `code: message` of a Connect error body, or the body as it is. */
+function describeErrorAnswer(body: string): string {
+  try {
+    const error = JSON.parse(body) as { code?: string; message?: string };
+    if (error.code !== undefined) return `${error.code}: ${error.message ?? ""}`;
+  } catch {
+    // not JSON
+  }
+  return body;
+}
+
+/** The server answered with an error; its body is the Connect error JSON. */
+class ErrorAnswer extends CliError {
+  override name = "ErrorAnswer";
 }

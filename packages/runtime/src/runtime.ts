@@ -5,6 +5,7 @@ import { Code, type ConnectRouter } from "@connectrpc/connect";
 import { type FunctionType, type Implementation, isModule, type Logger, type ShoalModule } from "@shoal/sdk";
 import { type EgressMessage, type Envelope, errorReply, type Reply } from "@shoal/sdk/internal";
 import type { Logger as PinoLogger } from "pino";
+import { registerAdmin } from "./admin.js";
 import { type Clock, systemClock } from "./clock.js";
 import { createStdoutEgress, type Egress } from "./egress.js";
 import { registerIngress } from "./ingress.js";
@@ -69,6 +70,10 @@ export interface Runtime {
   start(): Promise<void>;
   /** The committed state of an instance, or undefined if it has none. */
   stateOf<S extends DescMessage>(fn: FunctionType<GenService<GenServiceMethods>, S, unknown>, key: string): MessageShape<S> | undefined;
+  /** An instance's committed state, binary protobuf. */
+  stateBytesOf(typeName: string, key: string): Uint8Array | undefined;
+  /** The keys of a function type's instances with state, across this node's shards. */
+  keysOf(typeName: string): string[];
   /** Every instance of a function type with its state. */
   instancesOf<S extends DescMessage>(
     fn: FunctionType<GenService<GenServiceMethods>, S, unknown>,
@@ -222,7 +227,10 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     clock,
     logger,
     maxRequestBytes: options.maxRequestBytes ?? 4 * 1024 * 1024,
-    routes: (router) => registerIngress(router, runtime),
+    routes: (router) => {
+      registerAdmin(router, runtime);
+      registerIngress(router, runtime);
+    },
     async metrics() {
       const registry = host.metrics.registry;
       return { contentType: registry.contentType, text: await registry.metrics() };
@@ -263,6 +271,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       if (bytes === undefined || fn.state === undefined) return undefined;
       return fromBinary(fn.state, bytes) as Message as never;
     },
+    stateBytesOf: (typeName, key) => processorFor(shardOf(typeName, key, shards)).stateOf(typeName, key),
+    keysOf: (typeName) => processors.flatMap((p) => (p === undefined ? [] : p.instancesOf(typeName).map((i) => i.key))),
     instancesOf(fn) {
       const out: Array<{ key: string; state: never }> = [];
       for (const p of processors) {

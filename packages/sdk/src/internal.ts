@@ -2,6 +2,7 @@
 // Not a public API: it changes without notice.
 
 export * from "./cancellation-token.js";
+export * from "./gen/shoal/v1/admin_pb.js";
 export * from "./gen/shoal/v1/options_pb.js";
 export * from "./gen/shoal/v1/storage_pb.js";
 export * from "./invocation.js";
