@@ -297,3 +297,22 @@ it("lets requests in flight finish when the server closes", async () => {
     await runtime.close();
   }
 });
+
+it("keeps no call journal once the calling invocation has committed", async () => {
+  const env = await createTestEnv({ functions: [implement(AccountFunction, account)] });
+  try {
+    const client = env.client(AccountFunction);
+    for (const name of ["a", "b", "c"]) await client.deposit(deposit(name, 1000n));
+    await Promise.all(
+      Array.from({ length: 60 }, (_, i) =>
+        client
+          .transfer({ account: ["a", "b", "c"][i % 3] as string, to: ["b", "c", "a"][i % 3] as string, amount: 1n, transferId: `t${i}` })
+          .catch(() => undefined),
+      ),
+    );
+    await env.settled();
+    expect(env.runtime.status().reduce((sum, s) => sum + s.journals, 0)).toBe(0);
+  } finally {
+    await env.close();
+  }
+});

@@ -225,6 +225,7 @@ export class ShardProcessor {
       pending: this.state.pending.size + this.volatile.size,
       outbox: this.state.outbox.size,
       memos: this.state.memos.size,
+      journals: this.state.journals.size,
       sequence: this.state.sequence,
       epoch: this.log.epoch,
       failed: this.failed?.message,
@@ -341,6 +342,10 @@ export class ShardProcessor {
     this.snapshotting = true;
     this.recordsSinceSnapshot = 0;
     this.state.pruneMemos(this.host.clock.now());
+    // A journal whose invocation is neither pending nor in flight belongs to a
+    // request lost in a crash (its sender retries under the same id soon) or
+    // to a result redelivered after its caller committed: keep it no longer.
+    this.state.pruneJournals((id) => this.pendingEnvelope(id) !== undefined);
     const snapshot = this.state.toSnapshot();
     durable
       .then(() => this.log.writeSnapshot(snapshot))
@@ -694,10 +699,13 @@ export class ShardProcessor {
 
   /** The commit is durable: its reply, outbox and egress may leave the shard. */
   private released(envelope: Envelope, reply: Reply, commit: Commit, output: Message | undefined) {
+    // Outbox first: a call's result is in the caller's journal (appended
+    // synchronously in process) before the caller resumes, so the caller's
+    // commit, which drops that journal, always comes after it in the log.
+    for (const entry of commit.outbox) if (entry.envelope !== undefined) this.deliverOutbox(entry.sequence, entry.envelope);
     const waiters = this.waiters.get(envelope.id);
     this.waiters.delete(envelope.id);
     if (waiters !== undefined) for (const w of waiters) w(reply, output);
-    for (const entry of commit.outbox) if (entry.envelope !== undefined) this.deliverOutbox(entry.sequence, entry.envelope);
     for (const message of commit.egress) this.emitEgress(message);
     for (const write of commit.stateWrites) {
       if (write.address !== undefined && write.expiresAtMs > 0n)
@@ -709,18 +717,22 @@ export class ShardProcessor {
     if (this.closed || this.failed !== undefined) return;
     // Until the receiver has it durably the entry stays in the outbox: retry
     // (the receiver drops duplicates by source and sequence).
-    Promise.resolve()
-      .then(() => this.host.deliver(envelope))
-      .then(
-        () => this.ack(sequence),
-        (err) => {
-          const delay = Math.min(5_000, 50 * 2 ** attempt);
-          if (attempt === 3)
-            this.host.logger.warn(`shard ${this.shard}: outbox delivery ${sequence} keeps failing; retrying`, { error: String(err) });
-          const timer = setTimeout(() => this.deliverOutbox(sequence, envelope, attempt + 1), delay);
-          timer.unref?.();
-        },
-      );
+    let delivered: Promise<void>;
+    try {
+      delivered = this.host.deliver(envelope);
+    } catch (err) {
+      delivered = Promise.reject(err);
+    }
+    delivered.then(
+      () => this.ack(sequence),
+      (err) => {
+        const delay = Math.min(5_000, 50 * 2 ** attempt);
+        if (attempt === 3)
+          this.host.logger.warn(`shard ${this.shard}: outbox delivery ${sequence} keeps failing; retrying`, { error: String(err) });
+        const timer = setTimeout(() => this.deliverOutbox(sequence, envelope, attempt + 1), delay);
+        timer.unref?.();
+      },
+    );
   }
 
   private emitEgress(message: EgressMessage) {

@@ -137,6 +137,11 @@ export class ShardState {
     for (const [id, memo] of this.memos) if (memo.expiresAtMs > 0n && memo.expiresAtMs < BigInt(nowMs)) this.memos.delete(id);
   }
 
+  /** Drops the call journals of invocations `live` says are gone. */
+  pruneJournals(live: (invocationId: string) => boolean) {
+    for (const id of this.journals.keys()) if (!live(id)) this.journals.delete(id);
+  }
+
   toSnapshot(): ShardSnapshot {
     return create(ShardSnapshotSchema, {
       shard: this.shard,
