@@ -268,11 +268,14 @@ it("bounds the handlers running at once across instances (maxConcurrentInvocatio
 });
 
 it("lets requests in flight finish when the server closes", async () => {
+  let handlerStarted: () => void = () => {};
+  const started = new Promise<void>((resolve) => (handlerStarted = resolve));
   const runtime = createRuntime({
     functions: [
       implement(GreeterFunction, {
         ...greeter,
         async greet(req, ctx) {
+          handlerStarted();
           await new Promise((resolve) => setTimeout(resolve, 200));
           return greeter.greet(req, ctx);
         },
@@ -287,7 +290,7 @@ it("lets requests in flight finish when the server closes", async () => {
   try {
     const client = createFunctionClient(GreeterFunction, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
     const inFlight = client.greet({ name: "late" });
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    await started;
     const closing = server.close();
     expect(await inFlight).toMatchObject({ greeting: "Hello, late!", times: 1 });
     await closing;

@@ -16,7 +16,9 @@ import { checkShardNumber, checkSnapshot } from "./storage-checks.js";
  * the semantics of the durable backends (one sequence for all shards, fencing
  * by epoch, snapshots that drop the records they cover, group commits) and
  * passes the same conformance suite, but loses everything with the process.
- * `durable` resolves on a microtask, for all the appends made before it runs.
+ * `durable` resolves on the next turn of the event loop (setImmediate), for
+ * all the appends made in this one: like the local backend's group commit, it
+ * releases the replies of many invocations together.
  *
  * Records and snapshots are stored as protobuf binary, so what `recover()`
  * returns is a fresh copy, and a message that cannot be serialized fails here
@@ -43,7 +45,7 @@ export function createMemoryStorage(): StorageBackend {
     if (closed) throw new StorageError("memory storage is closed");
   }
 
-  // All appends made before the microtask runs share one group, as concurrent
+  // All appends made before the next turn of the event loop share one group, as concurrent
   // appends share one fsync in the local backend.
   function append(state: MemoryShard, encoded: readonly Uint8Array[]): AppendResult {
     for (const bytes of encoded) {
@@ -56,7 +58,7 @@ export function createMemoryStorage(): StorageBackend {
     if (group === undefined) {
       const g: MemoryGroup = { records: 0, bytes: 0, lastSequence, promise: Promise.resolve() };
       g.promise = new Promise<void>((resolve) => {
-        queueMicrotask(() => {
+        setImmediate(() => {
           if (group === g) group = undefined;
           durableSequence = g.lastSequence;
           counters.groups += 1;
