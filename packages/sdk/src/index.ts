@@ -1,8 +1,6 @@
-export type { MessageInitShape, MessageShape } from "@bufbuild/protobuf";
-export type { Transport } from "@connectrpc/connect";
+// Implementing functions
+export { ShoalError } from "./shoal-error.js";
 export { Code } from "@connectrpc/connect";
-export type { ClientCallOptions, ClientSendOptions, FunctionClient, SendReceipt } from "./client.js";
-export { createFunctionClient } from "./client.js";
 export type {
   BaseContext,
   CancellationToken,
@@ -15,10 +13,16 @@ export type {
   StatelessContext,
 } from "./context.js";
 export type { DeepReadonly } from "./deep-readonly.js";
-export type { Address, AnyFunctionType, FunctionType, HandlerInfo, HandlersOf } from "./function-type.js";
-// for runtime and plugin authors
-export { defineFunction, FunctionDefinitionError, formatAddress, keyOf } from "./function-type.js";
-export { headers } from "./headers.js";
+export { implement, module, isModule } from "./module.js";
 export type { Implementation, ShoalModule } from "./module.js";
-export { implement, isModule, module } from "./module.js";
-export { ShoalError } from "./shoal-error.js";
+
+// Calling functions from outside the runtime
+export { createFunctionClient } from "./client.js";
+export type { ClientCallOptions, ClientSendOptions, FunctionClient, SendReceipt } from "./client.js";
+export { headers } from "./headers.js";
+export type { Transport } from "@connectrpc/connect";
+export type { MessageInitShape, MessageShape } from "@bufbuild/protobuf";
+
+// for runtime and plugin authors
+export { defineFunction, keyOf, formatAddress, FunctionDefinitionError } from "./function-type.js";
+export type { Address, AnyFunctionType, FunctionType, HandlerInfo, HandlersOf } from "./function-type.js";
