@@ -34,7 +34,7 @@ function fail(err: unknown): never {
   const message =
     err instanceof ErrorAnswer
       ? describeErrorAnswer(err.message)
-      : err instanceof ConfigError || err instanceof CliError
+      : err instanceof ConfigError || err instanceof CliError || (err instanceof Error && err.name === "ImplementError")
         ? err.message
         : err instanceof Error
           ? `${err.name}: ${err.message}`
@@ -152,6 +152,23 @@ export function createCli(): Command {
           ),
         ];
         process.stdout.write(`${lines.join("\n")}\n`);
+      } catch (err) {
+        fail(err);
+      }
+    });
+
+  program
+    .command("implement")
+    .description("add a stub for every handler an implementation file lacks, keeping the code already there")
+    .argument("<file>", "the implementation file, e.g. src/cart.ts (created when missing)")
+    .option("-g, --gen <file>", "the generated *_shoal.ts file (needed to create a new file)")
+    .option("-f, --function <name>", "only this function, e.g. Cart")
+    .action(async (file: string, opts) => {
+      try {
+        const { implement } = await import("./implement.js");
+        const result = await implement({ file, generated: opts.gen, functionName: opts.function });
+        const what = result.added.length > 0 ? `added ${result.added.join(", ")}` : "every handler is implemented";
+        process.stdout.write(`${result.created ? `created ${file}; ` : ""}${what}\n`);
       } catch (err) {
         fail(err);
       }
