@@ -17,7 +17,12 @@ const node = await startNode(
     log: { level: "warn" },
   }),
   shop,
-);
+).catch((err: NodeJS.ErrnoException) => {
+  const reason =
+    err.code === "EADDRINUSE" ? `port ${port} is in use; run with PORT=<another port> npm start` : `${err.name}: ${err.message}`;
+  process.stderr.write(`shopping-cart demo: ${reason}\n`);
+  process.exit(1);
+});
 const url = node.server.url;
 const transport = createConnectTransport({ baseUrl: url, httpVersion: "1.1" });
 // The idempotency key makes the seeding happen once, however often the demo restarts.
