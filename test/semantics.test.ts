@@ -12,6 +12,9 @@ import { account } from "../examples/bank/src/account.js";
 import { AccountFunction } from "../examples/bank/src/gen/bank/v1/account_shoal.js";
 import { GreeterFunction } from "../examples/greeter/src/gen/greeter/v1/greeter_shoal.js";
 import { greeter } from "../examples/greeter/src/greeter.js";
+import { FraudFunction } from "../examples/shopping-cart/src/gen/shop/v1/fraud_shoal.js";
+import { InventoryFunction } from "../examples/shopping-cart/src/gen/shop/v1/inventory_shoal.js";
+import { inventory } from "../examples/shopping-cart/src/inventory.js";
 
 const deposit = (accountName: string, amount: bigint, transferId = "") => ({ account: accountName, amount, transferId });
 
@@ -313,6 +316,32 @@ it("keeps no call journal once the calling invocation has committed", async () =
           .catch(() => undefined),
       ),
     );
+    await env.settled();
+    expect(env.runtime.status().reduce((sum, s) => sum + s.journals, 0)).toBe(0);
+  } finally {
+    await env.close();
+  }
+});
+
+it("gives a stateless caller its call's result in its own shard, and keeps no journal after", async () => {
+  const env = await createTestEnv({
+    functions: [
+      implement(InventoryFunction, inventory),
+      implement(FraudFunction, {
+        async check(req, ctx) {
+          const stock = await ctx.call(InventoryFunction).level({ sku: "socks" });
+          return { approved: req.totalQuantity <= stock.available, reason: `${stock.available} in stock` };
+        },
+      }),
+    ],
+    shards: 8,
+  });
+  try {
+    await env.client(InventoryFunction).restock({ sku: "socks", quantity: 5 });
+    const verdicts = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => env.client(FraudFunction).check({ userId: `u${i}`, totalQuantity: i })),
+    );
+    expect(verdicts.map((v) => v.approved)).toEqual(Array.from({ length: 20 }, (_, i) => i <= 5));
     await env.settled();
     expect(env.runtime.status().reduce((sum, s) => sum + s.journals, 0)).toBe(0);
   } finally {

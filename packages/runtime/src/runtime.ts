@@ -169,12 +169,12 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     deliver(envelope) {
       const target = envelope.target;
       if (target === undefined) return Promise.reject(new Error(`outbox envelope ${envelope.id} has no target`));
-      const processor = processorFor(shardOf(target.type, target.key, shards));
+      const processor = processorFor(envelope.shard ?? shardFor(envelope));
       if (envelope.handler === controlHandlers.callResult) return processor.submitCallResult(envelope);
       if (envelope.handler !== controlHandlers.cancel && !functions.has(target.type)) {
         logger.warn(`message ${envelope.id} is for ${target.type}, which this node does not run; it is answered Unimplemented`);
       }
-      return processorFor(shardFor(envelope)).submit(envelope);
+      return processor.submit(envelope);
     },
     hasEgress: (name) => egressNamed(name) !== undefined,
     emitEgress(message: EgressMessage) {

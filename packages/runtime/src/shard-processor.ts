@@ -505,7 +505,9 @@ export class ShardProcessor {
             payload: call.payload,
             callId: call.callId,
             caller: self,
-            replyTo: { kind: { case: "call", value: { caller: self, invocationId: envelope.id, node: this.host.nodeId } } },
+            replyTo: {
+              kind: { case: "call", value: { caller: self, invocationId: envelope.id, node: this.host.nodeId, shard: this.shard } },
+            },
             callChain: lockedChain,
             traceparent: envelope.traceparent,
             acceptedAtMs: BigInt(this.host.clock.now()),
@@ -647,6 +649,7 @@ export class ShardProcessor {
           create(EnvelopeSchema, {
             id: `${envelope.id}:r`,
             target: replyTo.value.caller,
+            shard: replyTo.value.shard,
             handler: controlHandlers.callResult,
             payload: toBinary(CallResultInputSchema, result),
           }),
