@@ -483,7 +483,6 @@ export class ShardProcessor {
         journal,
         callChain: chain,
         log,
-        resolve: (name) => this.host.lookup(name)?.fn,
         issueCall: (call) => {
           const selfId = `${target.type}/${target.key}`;
           const targetId = `${call.target.type}/${call.target.key}`;

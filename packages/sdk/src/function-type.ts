@@ -130,6 +130,12 @@ export function keyOf(handler: HandlerInfo, request: Message): string | undefine
   return String(value);
 }
 
+/** The handler of a function type by its TypeScript name (`addItem`). */
+export function handlerByLocalName(fn: AnyFunctionType, localName: string): HandlerInfo | undefined {
+  for (const info of fn.handlers.values()) if (info.localName === localName) return info;
+  return undefined;
+}
+
 /** `type/key`, the printable form of an address. */
 export function formatAddress(address: Address): string {
   return address.key === "" ? address.type : `${address.type}/${address.key}`;

@@ -24,5 +24,5 @@ export type { Transport } from "@connectrpc/connect";
 export type { MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 
 // for runtime and plugin authors
-export { defineFunction, keyOf, formatAddress, FunctionDefinitionError } from "./function-type.js";
+export { defineFunction, keyOf, formatAddress, handlerByLocalName, FunctionDefinitionError } from "./function-type.js";
 export type { Address, AnyFunctionType, FunctionType, HandlerInfo, HandlersOf } from "./function-type.js";

@@ -1,9 +1,9 @@
 import { createHash } from "node:crypto";
-import { create, type DescMessage, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
+import { create, type DescMessage, type DescMethod, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { formatToken } from "./cancellation-token.js";
 import type { BaseContext, CancellationToken, Logger, SendOptions } from "./context.js";
-import { type Address, type AnyFunctionType, formatAddress, type HandlerInfo, keyOf } from "./function-type.js";
+import { type Address, type AnyFunctionType, formatAddress, type HandlerInfo, handlerByLocalName, keyOf } from "./function-type.js";
 import { type CallResult, CallResultSchema, type Reply, ReplySchema } from "./gen/shoal/v1/storage_pb.js";
 import { ShoalError } from "./shoal-error.js";
 
@@ -13,6 +13,10 @@ export interface OutgoingCall {
   readonly callId: string;
   readonly target: Address;
   readonly handler: string;
+  /** The target handler's method: its request and reply schemas. */
+  readonly method: DescMethod;
+  /** The request, as the handler made it and as binary protobuf. */
+  readonly request: Message;
   readonly payload: Uint8Array;
   readonly requestHash: Uint8Array;
   /** Whether the target handler is shared (no cycle on a locked instance). */
@@ -25,6 +29,8 @@ export interface OutgoingSend {
   readonly id: string;
   readonly target: Address;
   readonly handler: string;
+  /** The request, as the handler made it and as binary protobuf. */
+  readonly request: Message;
   readonly payload: Uint8Array;
   /** Milliseconds after the commit; 0 for now. */
   readonly delayMs: number;
@@ -33,6 +39,8 @@ export interface OutgoingSend {
 export interface OutgoingEgress {
   readonly egress: string;
   readonly typeName: string;
+  /** The message, as the handler made it and as binary protobuf. */
+  readonly message: Message;
   readonly payload: Uint8Array;
   /** Deterministic: `invocationId:eN`. */
   readonly id: string;
@@ -102,8 +110,6 @@ export interface InvocationRequest {
    * the reply is known (remote functions).
    */
   readonly issueCall: (call: OutgoingCall) => Promise<Reply> | "suspend";
-  /** Resolves a function type by name, for calls and sends. */
-  readonly resolve: (typeName: string) => AnyFunctionType | undefined;
 }
 
 /** Thrown inside a handler's `ctx.call` to end a suspended run; never seen by users' code paths that finish. */
@@ -176,16 +182,11 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
     return { address: { type: target.typeName, key }, info };
   }
 
-  function methodByLocalName(target: AnyFunctionType, localName: string): HandlerInfo | undefined {
-    for (const info of target.handlers.values()) if (info.localName === localName) return info;
-    return undefined;
-  }
-
   function proxy<T>(target: AnyFunctionType, make: (info: HandlerInfo) => T): Record<string, T> {
     return new Proxy({} as Record<string, T>, {
       get(_, prop) {
         if (typeof prop !== "string") return undefined;
-        const info = methodByLocalName(target, prop);
+        const info = handlerByLocalName(target, prop);
         if (info === undefined) throw new ShoalError(Code.Unimplemented, `${target.typeName} has no handler ${prop}`);
         return make(info);
       },
@@ -216,7 +217,16 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
       }
       reply = recorded.reply ?? errorReply(Code.Internal, `call ${callId} has no recorded reply`);
     } else {
-      const outgoing: OutgoingCall = { callId, target: address, handler: info.name, payload, requestHash: hash, shared: info.shared };
+      const outgoing: OutgoingCall = {
+        callId,
+        target: address,
+        handler: info.name,
+        method: info.method,
+        request: message,
+        payload,
+        requestHash: hash,
+        shared: info.shared,
+      };
       const chainEntry = formatAddress(address);
       if (!info.shared && target.state !== undefined && (req.callChain.includes(chainEntry) || chainEntry === formatAddress(req.self))) {
         const cycle = [...req.callChain, formatAddress(req.self), chainEntry];
@@ -262,7 +272,7 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
         const { address } = targetOf(t, info.name, message);
         const id = `${req.invocationId}:s${sendCount++}`;
         const delayMs = Math.max(0, Math.round(options?.delay ?? 0));
-        sends.push({ id, target: address, handler: info.name, payload: toBinary(info.method.input, message), delayMs });
+        sends.push({ id, target: address, handler: info.name, request: message, payload: toBinary(info.method.input, message), delayMs });
         return formatToken({ target: address, messageId: id });
       }) as never;
     },
@@ -274,6 +284,7 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
       egress.push({
         egress: name,
         typeName: schema.typeName,
+        message: m,
         payload: toBinary(schema, m as never),
         id: `${req.invocationId}:e${egressCount++}`,
       });

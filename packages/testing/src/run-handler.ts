@@ -14,9 +14,9 @@ import { Code } from "@connectrpc/connect";
 import {
   type Address,
   type AnyFunctionType,
-  type BaseContext,
   type HandlerInfo,
   type HandlersOf,
+  handlerByLocalName,
   keyOf,
   type Logger,
   ShoalError,
@@ -191,7 +191,7 @@ export async function runHandler<F extends AnyFunctionType, K extends keyof Meth
   options: RunHandlerOptions<F> = {},
 ): Promise<RunHandlerResult<HandlerReply<F, K>, StateOf<F>>> {
   // (K is spelled out rather than HandlerName<F> so that a wrong name's type error lists the handlers.)
-  const info = handlerByLocalName(fn, handler);
+  const info = handlerNamed(fn, handler);
   const message = create(info.method.input, request as never) as Message;
   const key = options.key ?? keyOf(info, message) ?? "";
   if (fn.state !== undefined && key === "") {
@@ -208,43 +208,15 @@ export async function runHandler<F extends AnyFunctionType, K extends keyof Meth
       ? toBinary(stateSchema, create(stateSchema, options.state as never))
       : undefined;
 
-  // Schemas seen through the context, to decode what the handler sent.
-  const functionTypes = new Map<string, AnyFunctionType>([[fn.typeName, fn]]);
-  const messageSchemas = new Map<string, DescMessage>();
   const calls: RecordedCall[] = [];
   const missing: string[] = [];
   const invalid: string[] = [];
   const logs: RecordedLog[] = [];
   const canned = options.calls ?? {};
 
-  const wrapped = wrapHandlers(
-    handlers as object,
-    info.localName,
-    (ctx) =>
-      new Proxy(ctx, {
-        get(target, prop, receiver) {
-          if (prop === "call" || prop === "send") {
-            const original = Reflect.get(target, prop, receiver) as (f: AnyFunctionType, o?: unknown) => unknown;
-            return (f: AnyFunctionType, o?: unknown) => {
-              functionTypes.set(f.typeName, f);
-              return original.call(target, f, o);
-            };
-          }
-          if (prop === "egress") {
-            const original = Reflect.get(target, prop, receiver) as BaseContext["egress"];
-            return (name: string, schema: DescMessage, init: never) => {
-              messageSchemas.set(schema.typeName, schema);
-              return original.call(target, name, schema, init);
-            };
-          }
-          return Reflect.get(target, prop, receiver);
-        },
-      }),
-  );
-
   const outcome = await runInvocation({
     fn,
-    handlers: wrapped,
+    handlers: handlers as object,
     handler: info,
     invocationId: options.invocationId ?? "test-invocation",
     self: { type: fn.typeName, key },
@@ -254,12 +226,9 @@ export async function runHandler<F extends AnyFunctionType, K extends keyof Meth
     journal: [],
     callChain: [],
     log: recordingLogger(logs),
-    resolve: (typeName) => functionTypes.get(typeName),
     issueCall: async (call): Promise<Reply> => {
       const name = `${call.target.type}.${call.handler}`;
-      const method = functionTypes.get(call.target.type)?.handlers.get(call.handler)?.method;
-      if (method === undefined) throw new Error(`runHandler: cannot decode the request of the call to ${name}`);
-      const callRequest = fromBinary(method.input, call.payload);
+      const { method, request: callRequest } = call;
       calls.push({ callId: call.callId, target: call.target, handler: call.handler, request: callRequest });
       if (!Object.hasOwn(canned, name)) {
         missing.push(name);
@@ -327,16 +296,6 @@ export async function runHandler<F extends AnyFunctionType, K extends keyof Meth
     };
   }
 
-  const decode = (typeName: string, payload: Uint8Array): Message => {
-    const schema = messageSchemas.get(typeName);
-    if (schema === undefined) throw new Error(`runHandler: no schema for ${typeName}`);
-    return fromBinary(schema, payload);
-  };
-  const requestSchemaOf = (target: Address, rpc: string): DescMessage => {
-    const schema = functionTypes.get(target.type)?.handlers.get(rpc)?.method.input;
-    if (schema === undefined) throw new Error(`runHandler: no schema for the request of ${target.type}.${rpc}`);
-    return schema;
-  };
   const state =
     effects.state.kind === "write" && stateSchema !== undefined
       ? fromBinary(stateSchema, effects.state.bytes)
@@ -345,18 +304,18 @@ export async function runHandler<F extends AnyFunctionType, K extends keyof Meth
         : keptState;
   return {
     ...base,
-    reply: fromBinary(info.method.output, reply.result.value) as HandlerReply<F, K>,
+    reply: (outcome.output ?? fromBinary(info.method.output, reply.result.value)) as HandlerReply<F, K>,
     state: state as StateOf<F> | undefined,
     stateChange: effects.state.kind,
     sends: effects.sends.map((s) => ({
       target: s.target,
       handler: s.handler,
-      request: fromBinary(requestSchemaOf(s.target, s.handler), s.payload),
+      request: s.request,
       delayMs: s.delayMs,
       token: formatToken({ target: s.target, messageId: s.id }),
     })),
     cancels: [...effects.cancels],
-    egress: effects.egress.map((e) => ({ name: e.egress, message: decode(e.typeName, e.payload), id: e.id })),
+    egress: effects.egress.map((e) => ({ name: e.egress, message: e.message, id: e.id })),
   };
 }
 
@@ -377,7 +336,7 @@ export function cannedReplies<F extends AnyFunctionType>(fn: F, replies: CannedR
   const calls: Record<string, CannedReply> = {};
   for (const [localName, reply] of Object.entries(replies as Record<string, CannedReply | undefined>)) {
     if (reply === undefined) continue;
-    calls[`${fn.typeName}.${handlerByLocalName(fn, localName).name}`] = reply;
+    calls[`${fn.typeName}.${handlerNamed(fn, localName).name}`] = reply;
   }
   return calls;
 }
@@ -425,19 +384,11 @@ function checkInit(schema: DescMessage, init: unknown): string | undefined {
   return undefined;
 }
 
-function handlerByLocalName(fn: AnyFunctionType, localName: string): HandlerInfo {
-  for (const info of fn.handlers.values()) if (info.localName === localName) return info;
+function handlerNamed(fn: AnyFunctionType, localName: string): HandlerInfo {
+  const info = handlerByLocalName(fn, localName);
+  if (info !== undefined) return info;
   const known = [...fn.handlers.values()].map((h) => h.localName).join(", ");
   throw new Error(`${fn.typeName} has no handler ${localName} (it has: ${known})`);
-}
-
-/** The handlers object with one handler given a wrapped context. */
-function wrapHandlers(handlers: object, localName: string, wrap: (ctx: BaseContext) => BaseContext): object {
-  const impl = (handlers as Record<string, unknown>)[localName];
-  if (typeof impl !== "function") return handlers;
-  return {
-    [localName]: (request: unknown, ctx: BaseContext) => (impl as (r: unknown, c: unknown) => unknown).call(handlers, request, wrap(ctx)),
-  };
 }
 
 function recordingLogger(logs: RecordedLog[]): Logger {
