@@ -50,7 +50,7 @@ async function boot(functions: readonly Implementation[], options: { snapshotEve
     shards: 4,
     clock,
     logger: "silent",
-    egress: new Proxy({} as Record<string, Egress>, { get: () => capture }),
+    defaultEgress: capture,
     retry: { maxAttempts: 2, initialDelayMs: 1, maxDelayMs: 1 },
     snapshotEvery: options.snapshotEvery,
   });

@@ -1,8 +1,6 @@
 import { pathToFileURL } from "node:url";
-import { createRegistry } from "@bufbuild/protobuf";
 import { isModule, type ShoalModule } from "@shoal/sdk";
 import type { ShoalConfig } from "./config.js";
-import { createStdoutEgress, type Egress } from "./egress.js";
 import { createRuntime, type Runtime } from "./runtime.js";
 import { listen, type RuntimeServer } from "./server.js";
 import { createLocalStorage } from "./storage/local-storage.js";
@@ -58,12 +56,6 @@ export async function startNode(config: ShoalConfig, functions: ShoalModule, opt
     config.storage.backend === "memory"
       ? createMemoryStorage()
       : await createLocalStorage({ directory: config.storage.directory, fsync: config.storage.fsync });
-  const files = functions.implementations.map((i) => i.fn.service.file);
-  const registry = createRegistry(...files);
-  const stdout = createStdoutEgress(registry);
-  const egress: Record<string, Egress> = options.anyEgressToStdout
-    ? new Proxy({}, { get: (_, name) => (typeof name === "string" ? stdout : undefined) })
-    : Object.fromEntries(Object.keys(config.egress).map((name) => [name, stdout]));
   let runtime: Runtime;
   try {
     runtime = createRuntime({
@@ -75,7 +67,9 @@ export async function startNode(config: ShoalConfig, functions: ShoalModule, opt
       snapshotEvery: config.snapshotEvery,
       maxConcurrentInvocations: config.maxConcurrentInvocations,
       maxRequestBytes: config.ingress.maxRequestBytes,
-      egress,
+      // Every egress type in shoal.yaml is stdout for now.
+      egress: Object.fromEntries(Object.keys(config.egress).map((name) => [name, "stdout" as const])),
+      defaultEgress: options.anyEgressToStdout ? "stdout" : undefined,
       logger: config.log.level,
     });
   } catch (err) {

@@ -35,8 +35,17 @@ export interface RuntimeOptions {
   readonly snapshotEvery?: number;
   /** Largest request body the ingress accepts, in bytes. Default 4 MiB. */
   readonly maxRequestBytes?: number;
-  /** Named egresses; `stdout` exists unless replaced. */
-  readonly egress?: Readonly<Record<string, Egress>>;
+  /**
+   * Named egresses; `"stdout"` stands for the runtime's stdout egress (JSON
+   * lines), which also exists as `stdout` unless replaced.
+   */
+  readonly egress?: Readonly<Record<string, Egress | "stdout">>;
+  /**
+   * Where messages to a name not in `egress` go. Default: nowhere, and an
+   * invocation that emits to such a name fails (`shoal dev` and the test env
+   * set it).
+   */
+  readonly defaultEgress?: Egress | "stdout";
   /** Time source; tests pass a manual clock. Default: the wall clock. */
   readonly clock?: Clock;
   /** A pino logger, or a level for the default one on stderr. Default "info". */
@@ -119,7 +128,10 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   for (const { fn } of functions.values()) files.add(fn.service.file);
   const registry = createRegistry(...files);
   const stdout = createStdoutEgress(registry);
-  const egressNamed = (name: string): Egress | undefined => options.egress?.[name] ?? (name === "stdout" ? stdout : undefined);
+  const egressNamed = (name: string): Egress | undefined => {
+    const egress = options.egress?.[name] ?? options.defaultEgress ?? (name === "stdout" ? "stdout" : undefined);
+    return egress === "stdout" ? stdout : egress;
+  };
   const retry: RetryPolicy = { maxAttempts: 5, initialDelayMs: 100, maxDelayMs: 5_000, ...options.retry };
   const processors: Array<ShardProcessor | undefined> = new Array(shards).fill(undefined);
   const recovering = new Set<number>();

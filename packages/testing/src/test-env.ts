@@ -74,14 +74,13 @@ export async function createTestEnv(options: TestEnvOptions): Promise<TestEnv> {
       captured.push({ egress: m.egress, id: m.id, typeName: m.typeName, message: schema ? fromBinary(schema, m.payload) : undefined });
     },
   };
-  // Every egress name is captured: tests need no egress configuration.
-  const egress = new Proxy({} as Record<string, Egress>, { get: () => capture });
   const runtime = createRuntime({
     functions: options.functions,
     storage: createMemoryStorage(),
     shards: options.shards ?? 4,
     clock,
-    egress,
+    // Every egress name is captured: tests need no egress configuration.
+    defaultEgress: capture,
     snapshotEvery: options.snapshotEvery,
     logger: options.logLevel ?? "silent",
     retry: options.retry ?? { maxAttempts: 3, initialDelayMs: 1, maxDelayMs: 1 },
