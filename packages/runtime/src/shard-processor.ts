@@ -22,6 +22,7 @@ import {
   requestHash,
   runInvocation,
   type StateWriteSchema,
+  sameBytes,
 } from "@shoal/sdk/internal";
 import type { Clock } from "./clock.js";
 import type { RuntimeMetrics } from "./metrics.js";
@@ -121,12 +122,6 @@ function envelopeHash(envelope: Envelope): Uint8Array {
   bytes.set(handler);
   bytes.set(envelope.payload, handler.length);
   return requestHash(bytes);
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 /**
@@ -764,17 +759,23 @@ export class ShardProcessor {
     this.ackFlush = setTimeout(() => {
       this.ackFlush = undefined;
       if (this.failed !== undefined || this.closed) return;
-      if (this.pendingAcks.length === 0 && this.pendingEgressDelivered.length === 0) return;
-      const commit = create(CommitSchema, { acked: this.pendingAcks, egressDelivered: this.pendingEgressDelivered });
-      this.pendingAcks = [];
-      this.pendingEgressDelivered = [];
-      try {
-        this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit } })]).catch(() => {});
-      } catch {
-        // fail() has recorded it
-      }
+      this.appendDeliveries()?.catch(() => {});
     }, 50);
     this.ackFlush.unref?.();
+  }
+
+  /** Appends the acknowledgements and egress deliveries no commit has carried yet, if any. */
+  private appendDeliveries(): Promise<void> | undefined {
+    if (this.pendingAcks.length === 0 && this.pendingEgressDelivered.length === 0) return undefined;
+    const commit = create(CommitSchema, { acked: this.pendingAcks, egressDelivered: this.pendingEgressDelivered });
+    this.pendingAcks = [];
+    this.pendingEgressDelivered = [];
+    try {
+      return this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit } })]);
+    } catch (err) {
+      // fail() has recorded it
+      return Promise.reject(err);
+    }
   }
 
   private armExpiry(type: string, key: string, atMs: number) {
@@ -806,17 +807,9 @@ export class ShardProcessor {
 
   /** Stops accepting work and closes the log. */
   async close(): Promise<void> {
-    // Record deliveries that happened, so a graceful restart does not repeat them.
-    if (this.failed === undefined && !this.closed && (this.pendingAcks.length > 0 || this.pendingEgressDelivered.length > 0)) {
-      const commit = create(CommitSchema, { acked: this.pendingAcks, egressDelivered: this.pendingEgressDelivered });
-      this.pendingAcks = [];
-      this.pendingEgressDelivered = [];
-      try {
-        await this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit } })]);
-      } catch {
-        // they are delivered again after the restart: at-least-once
-      }
-    }
+    // Record deliveries that happened, so a graceful restart does not repeat them
+    // (if this fails they are delivered again after the restart: at-least-once).
+    if (this.failed === undefined && !this.closed) await this.appendDeliveries()?.catch(() => {});
     this.closed = true;
     for (const cancel of this.timers.values()) cancel();
     for (const cancel of this.expiryTimers.values()) cancel();

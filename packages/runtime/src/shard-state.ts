@@ -76,9 +76,7 @@ export class ShardState {
         if (envelope === undefined || this.isDuplicate(envelope)) return false;
         this.noteSource(envelope);
         if (envelope.handler === controlHandlers.cancel) {
-          const target = new TextDecoder().decode(envelope.payload);
-          const delayed = this.pending.get(target);
-          if (delayed !== undefined && delayed.deliverAtMs > 0n) this.pending.delete(target);
+          this.cancelDelayed(new TextDecoder().decode(envelope.payload));
           return true;
         }
         this.pending.set(envelope.id, envelope);
@@ -121,15 +119,18 @@ export class ShardState {
       if (entry.envelope !== undefined) this.outbox.set(entry.sequence, entry.envelope);
       if (entry.sequence >= this.nextOutboxSequence) this.nextOutboxSequence = entry.sequence + 1n;
     }
-    for (const cancellation of commit.cancellations) {
-      const delayed = this.pending.get(cancellation.envelopeId);
-      if (delayed !== undefined && delayed.deliverAtMs > 0n) this.pending.delete(cancellation.envelopeId);
-    }
+    for (const cancellation of commit.cancellations) this.cancelDelayed(cancellation.envelopeId);
     for (const message of commit.egress) this.egress.set(message.id, message);
     for (const memo of commit.memos) this.memos.set(memo.id, memo);
     for (const sequence of commit.acked) this.outbox.delete(sequence);
     for (const id of commit.finishedInvocations) this.journals.delete(id);
     for (const id of commit.egressDelivered) this.egress.delete(id);
+  }
+
+  /** Drops a delayed message not yet delivered; a due or consumed one stays as it is. */
+  private cancelDelayed(envelopeId: string) {
+    const delayed = this.pending.get(envelopeId);
+    if (delayed !== undefined && delayed.deliverAtMs > 0n) this.pending.delete(envelopeId);
   }
 
   /** Drops memos past their retention. */

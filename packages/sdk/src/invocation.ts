@@ -122,7 +122,8 @@ export function requestHash(payload: Uint8Array): Uint8Array {
   return new Uint8Array(createHash("sha256").update(payload).digest());
 }
 
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+/** Whether two byte arrays hold the same bytes. */
+export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
