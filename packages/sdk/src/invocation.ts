@@ -1,6 +1,6 @@
-import { createHash } from "node:crypto";
 import { create, type DescMessage, type DescMethod, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
+import { sha256 } from "@noble/hashes/sha2.js";
 import { formatToken } from "./cancellation-token.js";
 import type { BaseContext, CancellationToken, Logger, SendOptions } from "./context.js";
 import { type Address, type AnyFunctionType, formatAddress, type HandlerInfo, handlerByLocalName, keyOf } from "./function-type.js";
@@ -117,9 +117,13 @@ class Suspended extends Error {
   override name = "Suspended";
 }
 
-/** SHA-256 of a request payload, the identity of a call. */
+/**
+ * SHA-256 of a request payload, the identity of a call. Synchronous and free
+ * of `node:` built-ins, so a function module also loads where only
+ * web-standard APIs exist (WebCrypto's digest is asynchronous).
+ */
 export function requestHash(payload: Uint8Array): Uint8Array {
-  return new Uint8Array(createHash("sha256").update(payload).digest());
+  return sha256(payload);
 }
 
 /** Whether two byte arrays hold the same bytes. */
