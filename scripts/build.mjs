@@ -5,10 +5,11 @@
 // 2. the SDK and the plugin (tsc -b)
 // 3. every folder with a proto/ directory (examples, bench) -> <dir>/src/gen,
 //    with protoc-gen-es and protoc-gen-shoal
-// 4. everything else (tsc -b)
+// 4. everything else (tsc -b), then every user folder, listed or not
 import { execFileSync } from "node:child_process";
-import { existsSync, readdirSync, rmSync } from "node:fs";
+import { readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import { protoFolders, userBuildArgs } from "./projects.mjs";
 
 const root = new URL("..", import.meta.url).pathname;
 const bin = (name) => join(root, "node_modules", ".bin", name);
@@ -31,11 +32,9 @@ function generateArgs(dir) {
   return ["generate", ".", "--config", JSON.stringify(config), "--template", "buf.gen.yaml", ...paths, "-o", dir];
 }
 
-const userDirs = [...readdirSync(join(root, "examples")).map((d) => join("examples", d)), "bench"].filter((d) =>
-  existsSync(join(root, d, "proto")),
-);
-for (const dir of userDirs) {
+for (const dir of protoFolders(root)) {
   rmSync(join(root, dir, "src/gen"), { recursive: true, force: true });
   run(bin("buf"), generateArgs(dir));
 }
 run(bin("tsc"), ["-b", "tsconfig.json"]);
+run(bin("tsc"), userBuildArgs(root));

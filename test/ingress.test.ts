@@ -90,6 +90,9 @@ describe.each(Object.entries(transports))("%s", (name, makeTransport) => {
       .greet({ name: "x".repeat(5000) })
       .catch((e) => ConnectError.from(e));
     expect(err.code).toBe(Code.ResourceExhausted);
+    // The limit as the user sets it, not connect-es's option name.
+    expect(err.rawMessage).toMatch(/is larger than maxRequestBytes \(1024 bytes\); .*ingress\.maxRequestBytes in shoal\.yaml/);
+    expect(err.rawMessage).not.toContain("readMaxBytes");
   });
 });
 
@@ -115,16 +118,76 @@ describe("raw HTTP", () => {
     expect(await res.json()).toEqual({ greeting: "Hello, curl!", times: 1 });
   });
 
-  it("answers an unknown service or method with Unimplemented", async () => {
-    for (const path of ["/nope.v1.Nothing/Greet", "/greeter.v1.Greeter/Nope"]) {
-      const res = await post(path, "{}");
-      expect(res.status).toBe(404);
-    }
+  it("answers an unknown service or method with Unimplemented naming it", async () => {
+    const unknownService = await post("/nope.v1.Nothing/Greet", "{}");
+    expect([unknownService.status, await unknownService.json()]).toEqual([
+      404,
+      {
+        code: "unimplemented",
+        message: "unknown service nope.v1.Nothing in /nope.v1.Nothing/Greet: this node serves greeter.v1.Greeter, shoal.v1.Admin",
+      },
+    ]);
+    const unknownMethod = await post("/greeter.v1.Greeter/Nope", "{}");
+    expect([unknownMethod.status, await unknownMethod.json()]).toEqual([
+      404,
+      { code: "unimplemented", message: "greeter.v1.Greeter has no method Nope (its methods: Count, Greet)" },
+    ]);
+    const noRoute = await post("/nothing", "{}");
+    expect(noRoute.status).toBe(404);
+    expect(await noRoute.json()).toEqual({
+      code: "unimplemented",
+      message:
+        "no route for POST /nothing: calls go to /<package.Service>/<Method> (services here: greeter.v1.Greeter, shoal.v1.Admin); other routes: GET /metrics, GET /healthz",
+    });
+    // gRPC clients read the answer from grpc-status and grpc-message.
+    const grpcErr = await createAccountClient(createGrpcTransport({ baseUrl: server.url }))
+      .get({ account: "a" })
+      .catch((e: unknown) => ConnectError.from(e));
+    expect(grpcErr).toMatchObject({ code: Code.Unimplemented, rawMessage: expect.stringContaining("unknown service bank.v1.Account") });
     // A generated client of a function this runtime does not run.
     const err = await createAccountClient(createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }))
       .get({ account: "a" })
       .catch((e: unknown) => ConnectError.from(e));
-    expect(err.code).toBe(Code.Unimplemented);
+    expect(err).toMatchObject({ code: Code.Unimplemented, rawMessage: expect.stringContaining("unknown service bank.v1.Account") });
+  });
+
+  it("answers a wrong HTTP method with 405 naming the method to use", async () => {
+    const res = await fetch(`${server.url}/greeter.v1.Greeter/Greet`, {
+      method: "PUT",
+      body: "{}",
+      headers: { "content-type": "application/json" },
+    });
+    expect([res.status, res.headers.get("allow"), await res.json()]).toEqual([
+      405,
+      "POST",
+      { code: "unimplemented", message: "PUT is not allowed on /greeter.v1.Greeter/Greet; use POST" },
+    ]);
+    const metrics = await fetch(`${server.url}/metrics`, { method: "POST" });
+    expect([metrics.status, await metrics.json()]).toEqual([
+      405,
+      { code: "unimplemented", message: "POST is not allowed on /metrics; use GET" },
+    ]);
+  });
+
+  it("answers a content type it does not speak with 415 naming the ones it does", async () => {
+    const res = await post("/greeter.v1.Greeter/Greet", "name=joe", "application/x-www-form-urlencoded");
+    expect(res.status).toBe(415);
+    const { code, message } = (await res.json()) as { code: string; message: string };
+    expect(code).toBe("unimplemented");
+    expect(message).toBe(
+      '/greeter.v1.Greeter/Greet does not accept content type "application/x-www-form-urlencoded"; send one of: ' +
+        "application/json, application/proto, application/grpc, application/grpc+proto, application/grpc+json, " +
+        "application/grpc-web, application/grpc-web+proto, application/grpc-web+json",
+    );
+  });
+
+  it("refuses an unknown JSON field with InvalidArgument naming it", async () => {
+    const res = await post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "typo", nmae: "typo" }));
+    expect([res.status, await res.json()]).toEqual([
+      400,
+      { code: "invalid_argument", message: 'cannot decode message greeter.v1.GreetRequest from JSON: key "nmae" is unknown' },
+    ]);
+    expect(runtime.stateOf(GreeterFunction, "typo")).toBeUndefined();
   });
 
   it("answers malformed JSON with InvalidArgument", async () => {
@@ -202,6 +265,11 @@ describe("raw HTTP", () => {
     );
     expect(metrics).toMatch(/^shoal_instances\{shard="\d+"\} \d+$/m);
     expect(metrics).toMatch(/^shoal_storage_groups \d+$/m);
+    // The process: memory, heap, event-loop lag and GC pauses.
+    expect(metrics).toMatch(/^process_resident_memory_bytes \d+$/m);
+    expect(metrics).toMatch(/^nodejs_heap_size_used_bytes \d+$/m);
+    expect(metrics).toMatch(/^nodejs_eventloop_lag_seconds [\d.e-]+$/m);
+    expect(metrics).toMatch(/^# TYPE nodejs_gc_duration_seconds histogram$/m);
     const health = await fetch(`${server.url}/healthz`);
     expect([health.status, await health.text()]).toEqual([200, "ok\n"]);
     expect((await fetch(`${server.url}/nothing`)).status).toBe(404);
@@ -223,5 +291,47 @@ describe("raw HTTP", () => {
     } finally {
       session.close();
     }
+  });
+});
+
+describe("with ignoreUnknownJsonFields", () => {
+  let lenient: Runtime;
+  let lenientServer: RuntimeServer;
+  beforeAll(async () => {
+    lenient = createRuntime({
+      functions: [implement(GreeterFunction, greeter)],
+      storage: createMemoryStorage(),
+      shards: 2,
+      ignoreUnknownJsonFields: true,
+      logger: "silent",
+    });
+    await lenient.start();
+    lenientServer = await listen(lenient, { port: 0 });
+  });
+  afterAll(async () => {
+    await lenientServer.close();
+    await lenient.close();
+  });
+  const post = (body: unknown, headers: Record<string, string> = {}) =>
+    fetch(`${lenientServer.url}/greeter.v1.Greeter/Greet`, {
+      method: "POST",
+      headers: { "content-type": "application/json", ...headers },
+      body: JSON.stringify(body),
+    });
+
+  it("drops unknown fields of a JSON request", async () => {
+    const res = await post({ name: "newer-client", salutation: "Hi" });
+    expect([res.status, await res.json()]).toEqual([200, { greeting: "Hello, newer-client!", times: 1 }]);
+  });
+
+  it("still refuses them, naming the field, when the request asks with Shoal-Reject-Unknown-Fields", async () => {
+    const res = await post({ name: "typed", nmae: "typed" }, { "shoal-reject-unknown-fields": "1" });
+    expect([res.status, await res.json()]).toEqual([
+      400,
+      { code: "invalid_argument", message: 'cannot decode message greeter.v1.GreetRequest from JSON: key "nmae" is unknown' },
+    ]);
+    expect(lenient.stateOf(GreeterFunction, "typed")).toBeUndefined();
+    const ok = await post({ name: "typed" }, { "shoal-reject-unknown-fields": "1" });
+    expect([ok.status, await ok.json()]).toEqual([200, { greeting: "Hello, typed!", times: 1 }]);
   });
 });

@@ -123,7 +123,9 @@ describe("shoal serve", () => {
     const { code, stderr, stdout } = await run(["serve", "--config", path]);
     expect(code).toBe(1);
     expect(stdout).toBe("");
-    expect(stderr).toBe(`shoal: ${path}: ingress.prot: unknown key (expected one of: host, port, maxRequestBytes)\n`);
+    expect(stderr).toBe(
+      `shoal: ${path}: ingress.prot: unknown key (expected one of: host, port, maxRequestBytes, ignoreUnknownJsonFields)\n`,
+    );
   });
 
   it("exits 1 naming the key of a wrong value", async () => {
@@ -248,6 +250,53 @@ describe("shoal dev", () => {
     expect(stderr).toContain("the default export is not a Shoal module");
   });
 
+  /** A module implementing the greeter's Greet but not its Count. */
+  function partialGreeter(): string {
+    return writeFile(
+      "partial-greeter.mjs",
+      [
+        `import { implement, module } from ${JSON.stringify(join(repoRoot, "packages/sdk/dist/index.js"))};`,
+        `import { GreeterFunction } from ${JSON.stringify(join(repoRoot, "examples/greeter/dist/gen/greeter/v1/greeter_shoal.js"))};`,
+        'export default module(implement(GreeterFunction, { greet: (req) => ({ greeting: "Hi, " + req.name, times: 1 }) }));',
+        "",
+      ].join("\n"),
+    );
+  }
+
+  it("exits 1 listing the handlers the module lacks", async () => {
+    const path = partialGreeter();
+    const { code, stdout, stderr } = await run(["dev", path, "--memory", "--port", "0"]);
+    expect(code).toBe(1);
+    expect(stdout).toBe("");
+    expect(stderr).toBe(
+      `shoal: ${path} does not implement greeter.v1.Greeter.Count; add them (shoal implement <file> writes stubs) or pass --allow-missing-handlers\n`,
+    );
+  });
+
+  it("with --allow-missing-handlers, starts, warns, and answers them Unimplemented", async () => {
+    const shoal = start(["dev", partialGreeter(), "--memory", "--port", "0", "--allow-missing-handlers"]);
+    const [, url] = await shoal.waitFor(/^shoal dev: serving .* at (http:\/\/127\.0\.0\.1:\d+)\n/m);
+    expect(await post(`${url}/greeter.v1.Greeter/Greet`, { name: "ann" })).toMatchObject({ status: 200, json: { greeting: "Hi, ann" } });
+    expect(await post(`${url}/greeter.v1.Greeter/Count`, { name: "ann" })).toMatchObject({
+      json: { code: "unimplemented", message: "greeter.v1.Greeter has no implementation of Count" },
+    });
+    shoal.child.kill("SIGTERM");
+    const exited = await shoal.exited;
+    expect(exited.code).toBe(0);
+    expect(exited.stderr).toContain("not implemented, answered Unimplemented: greeter.v1.Greeter.Count");
+  });
+
+  it("takes --max-request-bytes and names that limit when a request is over it", async () => {
+    const shoal = start(["dev", greeterModule, "--memory", "--port", "0", "--max-request-bytes", "100", "--log-level", "warn"]);
+    const [, url] = await shoal.waitFor(/^shoal dev: serving .* at (http:\/\/127\.0\.0\.1:\d+)\n/m);
+    expect(await post(`${url}/greeter.v1.Greeter/Greet`, { name: "a".repeat(50) })).toMatchObject({ status: 200 });
+    const big = await post(`${url}/greeter.v1.Greeter/Greet`, { name: "a".repeat(200) });
+    expect(big).toMatchObject({ json: { code: "resource_exhausted" } });
+    expect((big.json as { message: string }).message).toMatch(/^the request of \d+ bytes is larger than maxRequestBytes \(100 bytes\)/);
+    shoal.child.kill("SIGTERM");
+    expect((await shoal.exited).code).toBe(0);
+  });
+
   it("refuses a flag that is not a number", async () => {
     const { code, stderr } = await run(["dev", "module.ts", "--port", "eighty"]);
     expect(code).toBe(1);
@@ -284,6 +333,26 @@ describe("shoal dev", () => {
 });
 
 describe("shoal call", () => {
+  it("refuses an unknown JSON field, naming it, even where the ingress ignores them", async () => {
+    const path = writeFile(
+      "lenient.yaml",
+      `storage: { backend: memory }\ningress: { port: 0, ignoreUnknownJsonFields: true }\nfunctions: { module: ${greeterModule} }\nlog: { level: warn }\n`,
+    );
+    const shoal = start(["serve", "--config", path]);
+    const [, url] = await shoal.waitFor(/^shoal serve: listening at (http:\/\/127\.0\.0\.1:\d+)\n/m);
+    // A program's request with a field this node does not know yet: accepted, as configured.
+    expect(await post(`${url}/greeter.v1.Greeter/Greet`, { name: "joe", nickname: "j" })).toMatchObject({ status: 200 });
+    const typed = await run(["call", "greeter.v1.Greeter/Greet", '{"name":"ann","nmae":"ann"}', "--url", url as string]);
+    expect(typed.code).toBe(1);
+    expect(JSON.parse(typed.stderr)).toEqual({
+      code: "invalid_argument",
+      message: 'cannot decode message greeter.v1.GreetRequest from JSON: key "nmae" is unknown',
+    });
+    expect(await run(["state", "get", "greeter.v1.Greeter", "ann", "--url", url as string])).toMatchObject({ code: 1 });
+    shoal.child.kill("SIGTERM");
+    expect((await shoal.exited).code).toBe(0);
+  });
+
   it("exits 1 on a request that is not JSON", async () => {
     const { code, stdout, stderr } = await run(["call", "greeter.v1.Greeter/Greet", "{name: joe}"]);
     expect(code).toBe(1);

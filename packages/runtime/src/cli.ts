@@ -1,7 +1,8 @@
 import { resolve } from "node:path";
+import { headers as shoalHeaders } from "@shoal/sdk";
 import { Command, InvalidArgumentError } from "commander";
 import { ConfigError, loadConfig, type ShoalConfig, validateConfig } from "./config.js";
-import { loadModule, type StartNodeOptions, startNode } from "./run-node.js";
+import { loadModule, missingHandlers, type StartNodeOptions, startNode } from "./run-node.js";
 
 function intArg(value: string): number {
   const n = Number(value);
@@ -9,9 +10,21 @@ function intArg(value: string): number {
   return n;
 }
 
-async function runUntilSignal(config: ShoalConfig, modulePath: string, banner: (url: string) => string, options?: StartNodeOptions) {
+async function runUntilSignal(
+  config: ShoalConfig,
+  modulePath: string,
+  banner: (url: string) => string,
+  options?: StartNodeOptions & { readonly missingHandlers?: "refuse" | "warn" },
+) {
   const functions = await loadModule(modulePath);
+  const missing = options?.missingHandlers !== undefined ? missingHandlers(functions) : [];
+  if (missing.length > 0 && options?.missingHandlers === "refuse") {
+    throw new CliError(
+      `${modulePath} does not implement ${missing.join(", ")}; add them (shoal implement <file> writes stubs) or pass --allow-missing-handlers`,
+    );
+  }
   const node = await startNode(config, functions, options);
+  if (missing.length > 0) node.runtime.logger.warn(`not implemented, answered Unimplemented: ${missing.join(", ")}`);
   process.stdout.write(banner(node.server.url));
   const stop = async () => {
     try {
@@ -57,12 +70,14 @@ export function createCli(): Command {
     .option("--shards <n>", "number of shards", intArg, 64)
     .option("--memory", "keep state in memory only (lost on exit)")
     .option("--snapshot-every <records>", "records after which a shard writes a snapshot", intArg, 10_000)
+    .option("--max-request-bytes <bytes>", "largest request body the ingress accepts (default 4 MiB)", intArg)
+    .option("--allow-missing-handlers", "start even if the module lacks handlers; they answer Unimplemented")
     .option("--log-level <level>", "debug, info, warn, error or silent", "info")
     .action(async (modulePath: string, opts) => {
       try {
         const config = validateConfig({
           shards: opts.shards,
-          ingress: { host: opts.host, port: opts.port },
+          ingress: { host: opts.host, port: opts.port, maxRequestBytes: opts.maxRequestBytes },
           storage: opts.memory ? { backend: "memory" } : { backend: "local", directory: resolve(opts.dataDir) },
           snapshotEvery: opts.snapshotEvery,
           log: { level: opts.logLevel },
@@ -70,6 +85,7 @@ export function createCli(): Command {
         // No config file in development: every egress name writes to stdout.
         await runUntilSignal(config, resolve(modulePath), (url) => `shoal dev: serving ${modulePath} at ${url}\n`, {
           anyEgressToStdout: true,
+          missingHandlers: opts.allowMissingHandlers ? "warn" : "refuse",
         });
       } catch (err) {
         fail(err);
@@ -105,7 +121,8 @@ export function createCli(): Command {
       } catch (err) {
         fail(new CliError(`the request is not valid JSON: ${(err as Error).message}`));
       }
-      const headers: Record<string, string> = { "content-type": "application/json" };
+      // A person typed this JSON: a misspelt field is a mistake, whatever the ingress accepts from programs.
+      const headers: Record<string, string> = { "content-type": "application/json", [shoalHeaders.rejectUnknownFields]: "1" };
       if (opts.idempotencyKey) headers["idempotency-key"] = opts.idempotencyKey;
       if (opts.send) headers["shoal-send"] = "1";
       if (opts.delay !== undefined) headers["shoal-delay-ms"] = String(opts.delay);

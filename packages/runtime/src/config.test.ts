@@ -20,7 +20,7 @@ function errorOf(raw: unknown): ConfigError {
 describe("validateConfig", () => {
   const defaults: ShoalConfig = {
     shards: 64,
-    ingress: { host: "127.0.0.1", port: 8080, maxRequestBytes: 4 * 1024 * 1024 },
+    ingress: { host: "127.0.0.1", port: 8080, maxRequestBytes: 4 * 1024 * 1024, ignoreUnknownJsonFields: false },
     storage: { backend: "local", directory: "/srv/app/.shoal", fsync: true },
     functions: { module: undefined },
     retry: { maxAttempts: 5, initialDelayMs: 100, maxDelayMs: 5_000 },
@@ -52,7 +52,7 @@ describe("validateConfig", () => {
     const config = validateConfig(
       {
         shards: 8,
-        ingress: { host: "0.0.0.0", port: 0, maxRequestBytes: 1024 },
+        ingress: { host: "0.0.0.0", port: 0, maxRequestBytes: 1024, ignoreUnknownJsonFields: true },
         storage: { backend: "local", directory: "/data", fsync: false },
         functions: { module: "m.js" },
         retry: { maxAttempts: 1, initialDelayMs: 0, maxDelayMs: 0 },
@@ -66,7 +66,7 @@ describe("validateConfig", () => {
     );
     expect(config).toEqual({
       shards: 8,
-      ingress: { host: "0.0.0.0", port: 0, maxRequestBytes: 1024 },
+      ingress: { host: "0.0.0.0", port: 0, maxRequestBytes: 1024, ignoreUnknownJsonFields: true },
       storage: { backend: "local", directory: "/data", fsync: false },
       functions: { module: "/srv/app/m.js" },
       retry: { maxAttempts: 1, initialDelayMs: 0, maxDelayMs: 0 },
@@ -101,7 +101,11 @@ describe("validateConfig", () => {
         { shard: 4 },
         "shard: unknown key (expected one of: shards, ingress, storage, functions, retry, memoRetentionMs, snapshotEvery, maxConcurrentInvocations, egress, log)",
       ],
-      ["an unknown ingress key", { ingress: { prot: 80 } }, "ingress.prot: unknown key (expected one of: host, port, maxRequestBytes)"],
+      [
+        "an unknown ingress key",
+        { ingress: { prot: 80 } },
+        "ingress.prot: unknown key (expected one of: host, port, maxRequestBytes, ignoreUnknownJsonFields)",
+      ],
       ["an unknown storage key", { storage: { dir: "x" } }, "storage.dir: unknown key (expected one of: backend, directory, fsync)"],
       ["an unknown functions key", { functions: { modules: ["a.js"] } }, "functions.modules: unknown key (expected one of: module)"],
       [
@@ -210,7 +214,9 @@ describe("loadConfig", () => {
   it("prefixes a validation error with the file", () => {
     const path = write("unknown.yaml", "ingress:\n  prot: 80\n");
     expect(() => loadConfig(path)).toThrow(ConfigError);
-    expect(() => loadConfig(path)).toThrow(`${path}: ingress.prot: unknown key (expected one of: host, port, maxRequestBytes)`);
+    expect(() => loadConfig(path)).toThrow(
+      `${path}: ingress.prot: unknown key (expected one of: host, port, maxRequestBytes, ignoreUnknownJsonFields)`,
+    );
   });
 
   it("names a YAML type mistake by key", () => {

@@ -5,7 +5,13 @@ import { parse } from "yaml";
 /** `shoal.yaml`, validated. Every field has a default except `functions.module`. */
 export interface ShoalConfig {
   readonly shards: number;
-  readonly ingress: { readonly host: string; readonly port: number; readonly maxRequestBytes: number };
+  readonly ingress: {
+    readonly host: string;
+    readonly port: number;
+    readonly maxRequestBytes: number;
+    /** Drop unknown fields of JSON requests instead of refusing them; see `RuntimeOptions.ignoreUnknownJsonFields`. Default false. */
+    readonly ignoreUnknownJsonFields: boolean;
+  };
   readonly storage: { readonly backend: "local"; readonly directory: string; readonly fsync: boolean } | { readonly backend: "memory" };
   readonly functions: { readonly module: string | undefined };
   readonly retry: { readonly maxAttempts: number; readonly initialDelayMs: number; readonly maxDelayMs: number };
@@ -80,7 +86,7 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd()): S
     "log",
   ]);
   const ingress = object(root.ingress, "ingress");
-  onlyKeys(ingress, "ingress", ["host", "port", "maxRequestBytes"]);
+  onlyKeys(ingress, "ingress", ["host", "port", "maxRequestBytes", "ignoreUnknownJsonFields"]);
   const storage = object(root.storage, "storage");
   onlyKeys(storage, "storage", ["backend", "directory", "fsync"]);
   const backend = string(storage, "backend", "storage.", "local");
@@ -111,6 +117,7 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd()): S
       host: string(ingress, "host", "ingress.", "127.0.0.1"),
       port: integer(ingress, "port", "ingress.", 8080, 0, 65535),
       maxRequestBytes: integer(ingress, "maxRequestBytes", "ingress.", 4 * 1024 * 1024, 1),
+      ignoreUnknownJsonFields: boolean(ingress, "ignoreUnknownJsonFields", "ingress.", false),
     },
     storage:
       backend === "memory"

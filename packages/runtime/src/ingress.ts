@@ -83,19 +83,37 @@ type UniversalResponse = Awaited<ReturnType<UniversalHandler>>;
 // connect-es answers a request body that is not valid protobuf binary with
 // `internal` ("parse binary: ..."), while a malformed JSON body gets
 // `invalid_argument`. Both are the client's fault, and DESIGN §12 promises
-// InvalidArgument, so the ingress rewrites that one error on its way out: in
-// the Connect error body, in gRPC's trailers, and in gRPC-web's trailer frame
-// (the only case that touches successful responses: a unary gRPC-web body is
-// read whole before it is passed on).
+// InvalidArgument. Its size error names its own option, readMaxBytes, which a
+// Shoal user never sets. The ingress rewrites those errors on their way out:
+// in the Connect error body, in gRPC's trailers, and in gRPC-web's trailer
+// frame (the only case that touches successful responses: a unary gRPC-web
+// body is read whole before it is passed on).
 function reportParseErrorsAsInvalidArgument(router: ConnectRouter) {
   router.handlers.forEach((original, i) => {
-    const wrapped = Object.assign(async (req: Parameters<UniversalHandler>[0]) => await rewriteParseError(await original(req)), original);
+    const wrapped = Object.assign(async (req: Parameters<UniversalHandler>[0]) => await rewriteErrors(await original(req)), original);
     router.handlers[i] = wrapped as UniversalHandler;
   });
 }
 
 const parseBinary = "parse binary:";
+const sizeError = /^message size (?:(\d+) )?is larger than configured readMaxBytes (\d+)$/;
 const textDecoder = new TextDecoder();
+
+/** The error a client should see instead of connect-es's, or undefined to keep it. */
+function rewrite(code: Code, message: string): { code: Code; message: string } | undefined {
+  if (code === Code.Internal && message.startsWith(parseBinary)) {
+    return { code: Code.InvalidArgument, message: `malformed request body: ${message}` };
+  }
+  const size = code === Code.ResourceExhausted ? sizeError.exec(message) : null;
+  if (size !== null) {
+    const what = size[1] !== undefined ? `the request of ${size[1]} bytes` : "the request";
+    return {
+      code,
+      message: `${what} is larger than maxRequestBytes (${size[2]} bytes); send less, or raise ingress.maxRequestBytes in shoal.yaml (shoal dev --max-request-bytes)`,
+    };
+  }
+  return undefined;
+}
 
 // gRPC-web frames: a flags byte (0x80: trailers), a big-endian u32 length, the data.
 async function* rewriteGrpcWebTrailer(body: AsyncIterable<Uint8Array>): AsyncIterable<Uint8Array> {
@@ -108,13 +126,21 @@ async function* rewriteGrpcWebTrailer(body: AsyncIterable<Uint8Array>): AsyncIte
     if (end > bytes.length) break;
     if ((bytes[offset] ?? 0) & 0x80) {
       const trailer = bytes.subarray(offset + 5, end).toString("latin1");
+      const status = /^grpc-status: *(\d+)\s*$/im.exec(trailer)?.[1];
       const message = /^grpc-message: *(.*)$/im.exec(trailer)?.[1]?.trim();
-      if (/^grpc-status: *13\s*$/im.test(trailer) && message !== undefined && decodeURIComponent(message).startsWith(parseBinary)) {
-        const fixed = Buffer.from(trailer.replace(/^grpc-status: *13/im, `grpc-status: ${Code.InvalidArgument}`), "latin1");
+      const fixed =
+        status !== undefined && message !== undefined ? rewrite(Number(status) as Code, decodeURIComponent(message)) : undefined;
+      if (fixed !== undefined) {
+        const text = Buffer.from(
+          trailer
+            .replace(/^grpc-status: *\d+/im, `grpc-status: ${fixed.code}`)
+            .replace(/^grpc-message: *.*$/im, `grpc-message: ${encodeURIComponent(fixed.message)}`),
+          "latin1",
+        );
         const head = Buffer.alloc(5);
         head[0] = bytes[offset] ?? 0x80;
-        head.writeUInt32BE(fixed.length, 1);
-        yield Buffer.concat([bytes.subarray(0, offset), head, fixed, bytes.subarray(end)]);
+        head.writeUInt32BE(text.length, 1);
+        yield Buffer.concat([bytes.subarray(0, offset), head, text, bytes.subarray(end)]);
         return;
       }
     }
@@ -123,17 +149,20 @@ async function* rewriteGrpcWebTrailer(body: AsyncIterable<Uint8Array>): AsyncIte
   yield bytes;
 }
 
-async function rewriteParseError(res: UniversalResponse): Promise<UniversalResponse> {
+async function rewriteErrors(res: UniversalResponse): Promise<UniversalResponse> {
   for (const h of [res.header, res.trailer]) {
+    const status = h?.get("grpc-status");
     const message = h?.get("grpc-message");
-    if (h?.get("grpc-status") === String(Code.Internal) && message != null && decodeURIComponent(message).startsWith(parseBinary)) {
-      h.set("grpc-status", String(Code.InvalidArgument));
+    const fixed = status != null && message != null ? rewrite(Number(status) as Code, decodeURIComponent(message)) : undefined;
+    if (fixed !== undefined) {
+      h?.set("grpc-status", String(fixed.code));
+      h?.set("grpc-message", encodeURIComponent(fixed.message));
     }
   }
   if (res.body !== undefined && res.header?.get("content-type")?.startsWith("application/grpc-web")) {
     return { ...res, body: rewriteGrpcWebTrailer(res.body) };
   }
-  if (res.status !== 500 || res.body === undefined || res.header?.get("content-type") !== "application/json") return res;
+  if (res.status < 400 || res.body === undefined || res.header?.get("content-type") !== "application/json") return res;
   // A Connect unary error: one small JSON body.
   const chunks: Uint8Array[] = [];
   for await (const chunk of res.body) chunks.push(chunk);
@@ -141,11 +170,14 @@ async function rewriteParseError(res: UniversalResponse): Promise<UniversalRespo
   let status = res.status;
   try {
     const error = JSON.parse(textDecoder.decode(body)) as { code?: string; message?: string };
-    if (error.code === "internal" && error.message?.startsWith(parseBinary)) {
+    const code = error.code === "internal" ? Code.Internal : error.code === "resource_exhausted" ? Code.ResourceExhausted : undefined;
+    const fixed = code !== undefined && error.message !== undefined ? rewrite(code, error.message) : undefined;
+    if (fixed !== undefined) {
+      const changed = fixed.code !== code;
       body = new TextEncoder().encode(
-        JSON.stringify({ ...error, code: "invalid_argument", message: `malformed request body: ${error.message}` }),
+        JSON.stringify({ ...error, code: changed ? "invalid_argument" : error.code, message: fixed.message }),
       );
-      status = 400;
+      if (changed) status = 400;
       res.header.delete("content-length");
     }
   } catch {

@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 
 /** What the metrics read from the runtime when scraped. */
 export interface MetricsSource {
@@ -17,11 +17,27 @@ export interface RuntimeMetrics {
   committed(records: number): void;
 }
 
+let processRegistry: Registry | undefined;
+
+// One collector per process: its metrics describe the process, not a runtime,
+// and each collector starts an event-loop monitor and a GC observer of its own.
+function processMetrics(): Registry {
+  if (processRegistry === undefined) {
+    processRegistry = new Registry();
+    collectDefaultMetrics({ register: processRegistry });
+  }
+  return processRegistry;
+}
+
 /**
  * Creates the runtime's metrics: invocations and their latency by function,
  * handler and outcome; retries; commits; per-shard instances, pending messages
  * (the shard's lag) and undelivered outbox entries; and the storage's group
- * commits with the records and bytes they covered.
+ * commits with the records and bytes they covered. Beside them, prom-client's
+ * process metrics: CPU, resident memory (`process_resident_memory_bytes`),
+ * heap (`nodejs_heap_size_used_bytes`), event-loop lag
+ * (`nodejs_eventloop_lag_seconds`), GC pauses (`nodejs_gc_duration_seconds`),
+ * open handles and file descriptors.
  */
 export function createRuntimeMetrics(source: MetricsSource): RuntimeMetrics {
   const registry = new Registry();
@@ -74,7 +90,7 @@ export function createRuntimeMetrics(source: MetricsSource): RuntimeMetrics {
   storageGauge("shoal_storage_records", "Records those group commits covered", (s) => s.records);
   storageGauge("shoal_storage_bytes", "Bytes those group commits covered", (s) => s.bytes);
   return {
-    registry,
+    registry: Registry.merge([registry, processMetrics()]),
     invocationFinished(fn, handler, outcome, seconds) {
       invocations.inc({ function: fn, handler, outcome });
       latency.observe({ function: fn, handler }, seconds);

@@ -32,6 +32,18 @@ export async function loadModule(path: string): Promise<ShoalModule> {
   return candidate;
 }
 
+/**
+ * The handlers a module's implementations lack, as `package.Service.Method`.
+ * The runtime answers them Unimplemented.
+ */
+export function missingHandlers(functions: ShoalModule): string[] {
+  return functions.implementations.flatMap(({ fn, handlers }) =>
+    [...fn.handlers.values()]
+      .filter((info) => typeof (handlers as Record<string, unknown>)[info.localName] !== "function")
+      .map((info) => `${fn.typeName}.${info.name}`),
+  );
+}
+
 /** A node started from a config: its runtime and its listening ingress. */
 export interface RunningNode {
   readonly runtime: Runtime;
@@ -67,6 +79,7 @@ export async function startNode(config: ShoalConfig, functions: ShoalModule, opt
       snapshotEvery: config.snapshotEvery,
       maxConcurrentInvocations: config.maxConcurrentInvocations,
       maxRequestBytes: config.ingress.maxRequestBytes,
+      ignoreUnknownJsonFields: config.ingress.ignoreUnknownJsonFields,
       // Every egress type in shoal.yaml is stdout for now.
       egress: Object.fromEntries(Object.keys(config.egress).map((name) => [name, "stdout" as const])),
       defaultEgress: options.anyEgressToStdout ? "stdout" : undefined,

@@ -36,6 +36,15 @@ export interface RuntimeOptions {
   /** Largest request body the ingress accepts, in bytes. Default 4 MiB. */
   readonly maxRequestBytes?: number;
   /**
+   * Accept Connect JSON requests with fields their message does not have,
+   * dropping those fields. Default `false`: such a request fails with
+   * InvalidArgument naming the field, as the protobuf JSON mapping specifies,
+   * because a misspelt field (`copys`) silently ignored changes what the
+   * request does. Set it when older nodes must accept JSON from newer clients
+   * during a rollout. Binary requests always keep unknown fields.
+   */
+  readonly ignoreUnknownJsonFields?: boolean;
+  /**
    * Named egresses; `"stdout"` stands for the runtime's stdout egress (JSON
    * lines), which also exists as `stdout` unless replaced.
    */
@@ -73,6 +82,8 @@ export interface Runtime {
   readonly routes: (router: ConnectRouter) => void;
   /** Largest request body the ingress accepts, in bytes. */
   readonly maxRequestBytes: number;
+  /** Whether the ingress drops unknown fields of JSON requests instead of refusing them (`RuntimeOptions.ignoreUnknownJsonFields`). */
+  readonly ignoreUnknownJsonFields: boolean;
   /** Prometheus metrics of this node, served by `listen` at `GET /metrics`. */
   metrics(): Promise<{ contentType: string; text: string }>;
   /** Opens and recovers every shard, then resumes pending work. */
@@ -239,6 +250,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     clock,
     logger,
     maxRequestBytes: options.maxRequestBytes ?? 4 * 1024 * 1024,
+    ignoreUnknownJsonFields: options.ignoreUnknownJsonFields ?? false,
     routes: (router) => {
       registerAdmin(router, runtime);
       registerIngress(router, runtime);

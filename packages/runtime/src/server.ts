@@ -1,7 +1,9 @@
 import { createServer as createHttp1Server, type Server as Http1Server } from "node:http";
 import { createServer as createHttp2Server, type Http2Server } from "node:http2";
 import { createServer as createNetServer, type Server as NetServer, type Socket } from "node:net";
+import type { ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { answerUnrouted, explainRejections } from "./http-answers.js";
 import type { Runtime } from "./runtime.js";
 
 /** Options of `listen`. */
@@ -34,9 +36,15 @@ const http2Preface = Buffer.from("PRI * HTTP/2.0\r\n");
  * handed to the server that speaks the protocol of its first bytes.
  */
 export async function listen(runtime: Runtime, options: ListenOptions = {}): Promise<RuntimeServer> {
+  let routed: ConnectRouter["handlers"] = [];
   const connectHandler = connectNodeAdapter({
-    routes: runtime.routes,
+    routes(router) {
+      runtime.routes(router);
+      explainRejections(router, runtime.maxRequestBytes);
+      routed = router.handlers;
+    },
     readMaxBytes: runtime.maxRequestBytes,
+    jsonOptions: { ignoreUnknownFields: runtime.ignoreUnknownJsonFields },
     grpc: true,
     grpcWeb: true,
     connect: true,
@@ -64,8 +72,7 @@ export async function listen(runtime: Runtime, options: ListenOptions = {}): Pro
         res.end(healthy ? "ok\n" : `${runtime.shards - open + failed} of ${runtime.shards} shards unavailable\n`);
         return;
       }
-      res.writeHead(404);
-      res.end();
+      answerUnrouted(req, res, routed);
     },
   });
   let inFlight = 0;

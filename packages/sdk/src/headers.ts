@@ -9,6 +9,12 @@ export const headers = {
   send: "shoal-send",
   /** `Shoal-Delay-Ms: N`: with `Shoal-Send`, deliver after N milliseconds. */
   delayMs: "shoal-delay-ms",
+  /**
+   * `Shoal-Reject-Unknown-Fields: 1`: refuse a Connect JSON request with a
+   * field its message lacks (InvalidArgument naming it), even where the
+   * ingress is set to ignore them. `shoal call` sends it.
+   */
+  rejectUnknownFields: "shoal-reject-unknown-fields",
   /** Response header: the accepted message's id (its cancellation token). */
   messageId: "shoal-message-id",
 } as const;
