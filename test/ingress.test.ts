@@ -191,6 +191,26 @@ describe("raw HTTP", () => {
     expect(await res.json()).toMatchObject({ code: "invalid_argument", message: expect.stringContaining("shoal-delay-ms") });
   });
 
+  it("rejects a Shoal-Delay-Ms past 10 years naming the header and its range, and the shard keeps serving", async () => {
+    const send = (delay: string) =>
+      post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "far" }), "application/json", {
+        "shoal-send": "1",
+        "shoal-delay-ms": delay,
+      });
+    const res = await send("1e30");
+    expect(res.status).toBe(400);
+    const error = (await res.json()) as { code: string; message: string };
+    expect(error.code).toBe("invalid_argument");
+    expect(error.message).toContain("shoal-delay-ms");
+    expect(error.message).toContain("from 0 to 315360000000");
+    // The same instance's shard still takes requests, sends and delayed sends.
+    expect(await (await post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "far" }))).json()).toMatchObject({ times: 1 });
+    expect((await send("0")).status).toBe(200);
+    expect((await send("315360000000")).status).toBe(200);
+    await expect.poll(() => runtime.stateOf(GreeterFunction, "far")?.times).toBe(2);
+    expect((await fetch(`${server.url}/healthz`)).status).toBe(200);
+  });
+
   it("serves Prometheus metrics and a health check beside the functions", async () => {
     await post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "metered" }));
     await post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "refuse" }));
