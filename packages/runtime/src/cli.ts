@@ -215,6 +215,37 @@ export function createCli(): Command {
       }
     });
 
+  program
+    .command("dead-letters")
+    .description("messages that failed for good: consumed without their effects and kept for inspection")
+    .command("list")
+    .description("the most recent dead letters, oldest first, one a line: when, target, message id, error, request")
+    .option("-u, --url <url>", "the runtime's address", "http://127.0.0.1:8080")
+    .option("-f, --function <name>", "only this function type's, e.g. bank.v1.Account")
+    .option("-n, --limit <n>", "at most this many", intArg, 100)
+    .action(async (opts) => {
+      try {
+        const body = JSON.stringify({ function: opts.function ?? "", limit: opts.limit });
+        const res = JSON.parse((await postJson(opts.url, "shoal.v1.Admin/ListDeadLetters", body)).text) as {
+          deadLetters?: Array<Record<string, string | number | undefined>>;
+          more?: boolean;
+        };
+        const lines = (res.deadLetters ?? []).map((d) =>
+          [
+            new Date(Number(d.deadAtMs ?? 0)).toISOString(),
+            `${d.function}/${JSON.stringify(d.key ?? "")}.${d.handler}`,
+            d.messageId,
+            `${d.code}: ${d.error}`,
+            d.requestJson ?? "",
+          ].join("  "),
+        );
+        process.stdout.write(lines.map((l) => `${l}\n`).join(""));
+        if (res.more) process.stderr.write(`(older dead letters left out: raise --limit)\n`);
+      } catch (err) {
+        fail(err);
+      }
+    });
+
   return program;
 }
 
