@@ -13,7 +13,7 @@ import { implement } from "@shoal/sdk";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createGreeterClient, GreeterFunction } from "../examples/greeter/src/gen/greeter/v1/greeter_shoal.js";
 import { greeter } from "../examples/greeter/src/greeter.js";
-import { type Child, freePort, repoRoot, shoalBin, startShoalDev } from "./support/processes.js";
+import { type Child, freePort, repoRoot, shoalBin, start, startShoalDev } from "./support/processes.js";
 
 const run = promisify(execFile);
 const bankModule = `${repoRoot}examples/bank/dist/module.js`;
@@ -141,4 +141,22 @@ describe("in process", () => {
       await runtime.close();
     }
   });
+});
+
+it("the process guard logs an unhandled rejection and an uncaught exception, and the process keeps serving", async () => {
+  const script = `
+    import { installProcessGuard } from ${JSON.stringify(`${repoRoot}packages/runtime/dist/index.js`)};
+    const log = (message, fields) => process.stderr.write(message + " " + JSON.stringify(fields) + "\\n");
+    installProcessGuard({ debug: log, info: log, warn: log, error: log });
+    Promise.reject(new Error("a rejection nobody awaited"));
+    setTimeout(() => { throw new Error("a callback that threw"); });
+    setTimeout(() => console.log("still serving"), 100);
+  `;
+  const child = start(process.execPath, ["--input-type=module", "-e", script]);
+  await child.waitFor(/still serving/);
+  expect(await child.exited).toBe(0);
+  expect(child.stderr()).toContain(`${guardLine}; the node keeps serving (unhandled rejection)`);
+  expect(child.stderr()).toContain("a rejection nobody awaited");
+  expect(child.stderr()).toContain(`${guardLine}; the node keeps serving (uncaught exception)`);
+  expect(child.stderr()).toContain("a callback that threw");
 });

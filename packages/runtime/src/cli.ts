@@ -1,6 +1,7 @@
 import { resolve } from "node:path";
 import { Command, InvalidArgumentError } from "commander";
 import { ConfigError, loadConfig, type ShoalConfig, validateConfig } from "./config.js";
+import { installProcessGuard } from "./process-guard.js";
 import { loadModule, type StartNodeOptions, startNode } from "./run-node.js";
 
 function intArg(value: string): number {
@@ -12,6 +13,7 @@ function intArg(value: string): number {
 async function runUntilSignal(config: ShoalConfig, modulePath: string, banner: (url: string) => string, options?: StartNodeOptions) {
   const functions = await loadModule(modulePath);
   const node = await startNode(config, functions, options);
+  installProcessGuard(node.runtime.logger);
   process.stdout.write(banner(node.server.url));
   const stop = async () => {
     try {
