@@ -6,6 +6,7 @@ import { Code, ConnectError, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { createMemoryStorage, createRuntime, listen, type Runtime, type RuntimeServer } from "@shoal/runtime";
 import { implement, ShoalError } from "@shoal/sdk";
+import { EnvelopeSchema } from "@shoal/sdk/internal";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createAccountClient } from "../examples/bank/src/gen/bank/v1/account_shoal.js";
 import { GreetRequestSchema } from "../examples/greeter/src/gen/greeter/v1/greeter_pb.js";
@@ -252,6 +253,45 @@ describe("raw HTTP", () => {
       "shoal-delay-ms": "soon",
     });
     expect(await res.json()).toMatchObject({ code: "invalid_argument", message: expect.stringContaining("shoal-delay-ms") });
+  });
+
+  it("rejects a Shoal-Delay-Ms past 10 years naming the header and its range, and the shard keeps serving", async () => {
+    const send = (delay: string) =>
+      post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "far" }), "application/json", {
+        "shoal-send": "1",
+        "shoal-delay-ms": delay,
+      });
+    const res = await send("1e30");
+    expect(res.status).toBe(400);
+    const error = (await res.json()) as { code: string; message: string };
+    expect(error.code).toBe("invalid_argument");
+    expect(error.message).toContain("shoal-delay-ms");
+    expect(error.message).toContain("from 0 to 315360000000");
+    // The same instance's shard still takes requests, sends and delayed sends.
+    expect(await (await post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "far" }))).json()).toMatchObject({ times: 1 });
+    expect((await send("0")).status).toBe(200);
+    expect((await send("315360000000")).status).toBe(200);
+    await expect.poll(() => runtime.stateOf(GreeterFunction, "far")?.times).toBe(2);
+    expect((await fetch(`${server.url}/healthz`)).status).toBe(200);
+  });
+
+  it("fails a message the store cannot encode on its own: InvalidArgument, and its shard keeps serving", async () => {
+    // What the header check keeps out, should anything else produce it.
+    const envelope = create(EnvelopeSchema, {
+      id: "too-late",
+      target: { type: GreeterFunction.typeName, key: "late" },
+      handler: "Greet",
+      payload: toBinary(GreetRequestSchema, create(GreetRequestSchema, { name: "late" })),
+      deliverAtMs: 2n ** 63n,
+    });
+    const err = await Promise.resolve()
+      .then(() => runtime.accept(envelope))
+      .catch((e) => ConnectError.from(e));
+    expect(err).toBeInstanceOf(ConnectError);
+    expect((err as ConnectError).code).toBe(Code.InvalidArgument);
+    expect((err as ConnectError).rawMessage).toContain("greeter.v1.Greeter.Greet: the message cannot be stored");
+    expect(await (await post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "late" }))).json()).toMatchObject({ times: 1 });
+    expect(runtime.status().filter((s) => s.failed !== undefined)).toEqual([]);
   });
 
   it("serves Prometheus metrics and a health check beside the functions", async () => {

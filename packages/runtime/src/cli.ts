@@ -2,6 +2,7 @@ import { resolve } from "node:path";
 import { headers as shoalHeaders } from "@shoal/sdk";
 import { Command, InvalidArgumentError } from "commander";
 import { ConfigError, loadConfig, type ShoalConfig, validateConfig } from "./config.js";
+import { installProcessGuard } from "./process-guard.js";
 import { loadModule, missingHandlers, type StartNodeOptions, startNode } from "./run-node.js";
 
 function intArg(value: string): number {
@@ -25,6 +26,7 @@ async function runUntilSignal(
   }
   const node = await startNode(config, functions, options);
   if (missing.length > 0) node.runtime.logger.warn(`not implemented, answered Unimplemented: ${missing.join(", ")}`);
+  installProcessGuard(node.runtime.logger);
   process.stdout.write(banner(node.server.url));
   const stop = async () => {
     try {
@@ -227,6 +229,37 @@ export function createCli(): Command {
         const keys = res.keys ?? [];
         process.stdout.write(keys.map((k) => `${k}\n`).join(""));
         if (res.more) process.stderr.write(`(more: shoal state list ${fn} --after ${JSON.stringify(keys.at(-1) ?? "")})\n`);
+      } catch (err) {
+        fail(err);
+      }
+    });
+
+  program
+    .command("dead-letters")
+    .description("messages that failed for good: consumed without their effects and kept for inspection")
+    .command("list")
+    .description("the most recent dead letters, oldest first, one a line: when, target, message id, error, request")
+    .option("-u, --url <url>", "the runtime's address", "http://127.0.0.1:8080")
+    .option("-f, --function <name>", "only this function type's, e.g. bank.v1.Account")
+    .option("-n, --limit <n>", "at most this many", intArg, 100)
+    .action(async (opts) => {
+      try {
+        const body = JSON.stringify({ function: opts.function ?? "", limit: opts.limit });
+        const res = JSON.parse((await postJson(opts.url, "shoal.v1.Admin/ListDeadLetters", body)).text) as {
+          deadLetters?: Array<Record<string, string | number | undefined>>;
+          more?: boolean;
+        };
+        const lines = (res.deadLetters ?? []).map((d) =>
+          [
+            new Date(Number(d.deadAtMs ?? 0)).toISOString(),
+            `${d.function}/${JSON.stringify(d.key ?? "")}.${d.handler}`,
+            d.messageId,
+            `${d.code}: ${d.error}`,
+            d.requestJson ?? "",
+          ].join("  "),
+        );
+        process.stdout.write(lines.map((l) => `${l}\n`).join(""));
+        if (res.more) process.stderr.write(`(older dead letters left out: raise --limit)\n`);
       } catch (err) {
         fail(err);
       }

@@ -9,6 +9,7 @@ export type { LocalStorageOptions } from "./storage/local-storage.js";
 export { createMemoryStorage } from "./storage/memory-storage.js";
 export { startNode, loadModule } from "./run-node.js";
 export type { RunningNode, StartNodeOptions } from "./run-node.js";
+export { installProcessGuard } from "./process-guard.js";
 export { loadConfig, validateConfig, ConfigError } from "./config.js";
 export type { ShoalConfig } from "./config.js";
 export { createStdoutEgress } from "./egress.js";
@@ -19,5 +20,5 @@ export type { RetryPolicy } from "./shard-processor.js";
 export type { LogLevel } from "./logger.js";
 
 // for runtime and plugin authors
-export { StorageError, FencedError } from "./storage/storage.js";
+export { StorageError, FencedError, RecordEncodingError, encodeRecords } from "./storage/storage.js";
 export type { AppendResult, RecoveredShard, SequencedRecord, ShardLog, StorageBackend, StorageStats } from "./storage/storage.js";

@@ -32,9 +32,9 @@ export function registerIngress(router: ConnectRouter, runtime: Runtime): void {
         let delayMs = 0;
         if (delayHeader !== null) {
           delayMs = Number(delayHeader);
-          if (!Number.isFinite(delayMs) || delayMs < 0) {
+          if (!Number.isFinite(delayMs) || delayMs < 0 || delayMs > maxDelayMs) {
             throw new ConnectError(
-              `${headers.delayMs} must be a non-negative number of milliseconds, got "${delayHeader}"`,
+              `${headers.delayMs} must be a number of milliseconds from 0 to ${maxDelayMs} (10 years), got "${delayHeader}"`,
               Code.InvalidArgument,
             );
           }
@@ -197,6 +197,9 @@ function isTrue(value: string | null): boolean {
 }
 
 const noBytes = new Uint8Array(0);
+
+/** The longest delay a `Shoal-Delay-Ms` header may ask for: 10 years (its due time must fit int64 ms). */
+const maxDelayMs = 10 * 365 * 24 * 3600_000;
 
 function toResponse({ reply, output: message }: Answer, output: DescService["methods"][number]["output"]): Message {
   if (reply.result.case === "ok") return message ?? fromBinary(output, reply.result.value);

@@ -15,6 +15,8 @@ export interface RuntimeMetrics {
   invocationRetried(fn: string, handler: string): void;
   /** A commit was appended: how many records it held. */
   committed(records: number): void;
+  /** A message failed for good and was dead-lettered. */
+  deadLettered(fn: string, handler: string): void;
 }
 
 let processRegistry: Registry | undefined;
@@ -31,7 +33,7 @@ function processMetrics(): Registry {
 
 /**
  * Creates the runtime's metrics: invocations and their latency by function,
- * handler and outcome; retries; commits; per-shard instances, pending messages
+ * handler and outcome; retries; dead letters; commits; per-shard instances, pending messages
  * (the shard's lag) and undelivered outbox entries; and the storage's group
  * commits with the records and bytes they covered. Beside them, prom-client's
  * process metrics: CPU, resident memory (`process_resident_memory_bytes`),
@@ -57,6 +59,12 @@ export function createRuntimeMetrics(source: MetricsSource): RuntimeMetrics {
   const retries = new Counter({
     name: "shoal_invocation_retries_total",
     help: "Handler runs that threw something other than ShoalError and were retried",
+    labelNames: ["function", "handler"] as const,
+    registers: [registry],
+  });
+  const deadLetters = new Counter({
+    name: "shoal_dead_letters_total",
+    help: "Messages that failed for good and were dead-lettered (see `shoal dead-letters list`), by function and handler",
     labelNames: ["function", "handler"] as const,
     registers: [registry],
   });
@@ -97,5 +105,6 @@ export function createRuntimeMetrics(source: MetricsSource): RuntimeMetrics {
     },
     invocationRetried: (fn, handler) => retries.inc({ function: fn, handler }),
     committed: (records) => commits.inc(records),
+    deadLettered: (fn, handler) => deadLetters.inc({ function: fn, handler }),
   };
 }

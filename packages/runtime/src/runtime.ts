@@ -1,9 +1,9 @@
 import { randomUUID } from "node:crypto";
 import { createRegistry, type DescFile, type DescMessage, fromBinary, type Message, type MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
-import { Code, type ConnectRouter } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { type FunctionType, type Implementation, isModule, type Logger, type ShoalModule } from "@shoal/sdk";
-import { type EgressMessage, type Envelope, errorReply, type Reply } from "@shoal/sdk/internal";
+import { type DeadLetter, type EgressMessage, type Envelope, errorReply, type Reply } from "@shoal/sdk/internal";
 import type { Logger as PinoLogger } from "pino";
 import { registerAdmin } from "./admin.js";
 import { type Clock, systemClock } from "./clock.js";
@@ -15,7 +15,7 @@ import { createSemaphore } from "./semaphore.js";
 import { shardOf } from "./shard-hash.js";
 import { type RegisteredFunction, type RetryPolicy, type ShardHost, ShardProcessor, ShardUnavailableError } from "./shard-processor.js";
 import { controlHandlers } from "./shard-state.js";
-import type { StorageBackend } from "./storage/storage.js";
+import { RecordEncodingError, type StorageBackend } from "./storage/storage.js";
 
 /** Options of `createRuntime`. */
 export interface RuntimeOptions {
@@ -100,6 +100,8 @@ export interface Runtime {
   ): Array<{ key: string; state: MessageShape<S> }>;
   /** Per-shard counters. */
   status(): Array<ReturnType<ShardProcessor["stats"]>>;
+  /** Messages that failed for good, per shard open here (the most recent 1 000 each), oldest first. */
+  deadLetters(): Array<{ shard: number; letter: DeadLetter }>;
   /** Storage counters, when the backend keeps them. */
   storageStats(): { groups: number; records: number; bytes: number } | undefined;
   /** Resolves when no invocation is running. */
@@ -287,7 +289,15 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       });
     },
     accept(envelope) {
-      return processorFor(shardFor(envelope)).submit(envelope);
+      try {
+        return processorFor(shardFor(envelope)).submit(envelope);
+      } catch (err) {
+        if (!(err instanceof RecordEncodingError)) throw err;
+        throw new ConnectError(
+          `${envelope.target?.type}.${envelope.handler}: the message cannot be stored, it was not accepted: ${err.message}`,
+          Code.InvalidArgument,
+        );
+      }
     },
     stateOf(fn, key) {
       const processor = processorFor(shardOf(fn.typeName, key, shards));
@@ -306,6 +316,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       return out;
     },
     status: () => processors.flatMap((p) => (p === undefined ? [] : [p.stats()])),
+    deadLetters: () => processors.flatMap((p) => (p === undefined ? [] : p.deadLetters().map((letter) => ({ shard: p.shard, letter })))),
     storageStats: () => options.storage.stats?.(),
     async whenIdle() {
       await Promise.all(processors.map((p) => p?.whenIdle()));

@@ -7,6 +7,8 @@ import {
   type CancellationSchema,
   type Commit,
   CommitSchema,
+  type DeadLetter,
+  type DeadLetterSchema,
   type EgressMessage,
   type EgressMessageSchema,
   type Envelope,
@@ -28,7 +30,7 @@ import type { Clock } from "./clock.js";
 import type { RuntimeMetrics } from "./metrics.js";
 import { createSlot, type Semaphore, type Slot } from "./semaphore.js";
 import { controlHandlers, instanceId, ShardState } from "./shard-state.js";
-import type { ShardLog } from "./storage/storage.js";
+import { RecordEncodingError, type ShardLog } from "./storage/storage.js";
 
 /** A registered function type and its handlers. */
 export interface RegisteredFunction {
@@ -82,6 +84,8 @@ export type ReplyWaiter = (reply: Reply, output?: Message) => void;
 
 /** What an invocation commits besides its reply, before sequences are assigned. */
 interface PendingEffects {
+  /** Set when the message failed for good: its commit records it as dead-lettered. */
+  deadLetter?: boolean;
   stateWrites?: MessageInitShape<typeof StateWriteSchema>[];
   outbox?: Envelope[];
   cancellations?: MessageInitShape<typeof CancellationSchema>[];
@@ -269,7 +273,13 @@ export class ShardProcessor {
       if (decodedRequest !== undefined) this.decodedRequests.set(envelope, decodedRequest);
       durable = Promise.resolve();
     } else {
-      durable = this.append([create(LogRecordSchema, { kind: { case: "input", value: { envelope } } })]);
+      try {
+        durable = this.append([create(LogRecordSchema, { kind: { case: "input", value: { envelope } } })]);
+      } catch (err) {
+        // Not accepted: the sender hears why (RecordEncodingError; the shard is fine).
+        if (waiter !== undefined) this.waiters.delete(envelope.id);
+        throw err;
+      }
     }
     if (envelope.handler === controlHandlers.cancel) {
       const target = new TextDecoder().decode(envelope.payload);
@@ -313,11 +323,17 @@ export class ShardProcessor {
     else list.push(waiter);
   }
 
+  /**
+   * Appends records and applies them. A record that cannot be encoded throws
+   * `RecordEncodingError` at once and fails only the message it came from;
+   * any other failure is the storage's and fails the shard.
+   */
   private append(records: LogRecord[]): Promise<void> {
     let result: ReturnType<ShardLog["append"]>;
     try {
       result = this.log.append(records);
     } catch (err) {
+      if (err instanceof RecordEncodingError) throw err;
       this.fail(err);
       return Promise.reject(err);
     }
@@ -421,7 +437,16 @@ export class ShardProcessor {
     try {
       await slot.acquire();
       const started = performance.now();
-      const outcome = await this.execute(envelope, slot);
+      let outcome: Awaited<ReturnType<ShardProcessor["execute"]>>;
+      try {
+        outcome = await this.execute(envelope, slot);
+      } catch (err) {
+        // A bug or a failure outside the handler: it fails this message, never the shard or the node.
+        outcome = {
+          reply: errorReply(Code.Internal, `${describe(envelope)}: the invocation failed: ${errorMessage(err)}`),
+          commit: { finishedInvocations: [envelope.id], deadLetter: true },
+        };
+      }
       const failure = outcome.reply.result.case === "error" ? outcome.reply.result.value : undefined;
       this.host.metrics.invocationFinished(
         envelope.target?.type ?? "",
@@ -432,6 +457,11 @@ export class ShardProcessor {
       if (this.failed !== undefined || this.closed) return;
       if (this.pendingEnvelope(envelope.id) === undefined) return;
       this.commitOutcome(envelope, outcome.reply, outcome.commit, outcome.output);
+    } catch (err) {
+      // Never reaches the mailbox's pump, which would stop, nor the process.
+      this.host.logger.error(`shard ${this.shard}: ${describe(envelope)}: committing message ${envelope.id} failed`, {
+        error: errorMessage(err),
+      });
     } finally {
       slot.release();
       this.running--;
@@ -532,7 +562,7 @@ export class ShardProcessor {
         log.error(`handler failed after ${attempt} attempts`, { error: message });
         return {
           reply: errorReply(Code.Internal, `${fn.typeName}.${info.name} failed after ${attempt} attempts: ${message}`),
-          commit: { finishedInvocations: [envelope.id] },
+          commit: { finishedInvocations: [envelope.id], deadLetter: true },
         };
       }
       this.host.metrics.invocationRetried(fn.typeName, info.name);
@@ -546,6 +576,10 @@ export class ShardProcessor {
     if (outcome.status === "suspended") {
       // The embedded invoker always awaits calls inline; suspension is for remote functions.
       return { reply: errorReply(Code.Internal, `${fn.typeName}.${info.name} suspended in the embedded invoker`), commit: {} };
+    }
+    if (outcome.poison) {
+      log.error("the invocation cannot be completed", { error: errorText(outcome.reply) });
+      return { reply: outcome.reply, commit: { finishedInvocations: [envelope.id], deadLetter: true } };
     }
     const commit: PendingEffects = {};
     const effects = outcome.effects;
@@ -668,6 +702,19 @@ export class ShardProcessor {
     const egressDelivered = this.pendingEgressDelivered;
     this.pendingAcks = [];
     this.pendingEgressDelivered = [];
+    const deadLetters: MessageInitShape<typeof DeadLetterSchema>[] = effects.deadLetter
+      ? [
+          {
+            envelopeId: envelope.id,
+            target: envelope.target,
+            handler: envelope.handler,
+            payload: this.requestBytes(envelope),
+            caller: envelope.caller,
+            error: reply.result.case === "error" ? reply.result.value : undefined,
+            deadAtMs: BigInt(now),
+          },
+        ]
+      : [];
     const commit = create(CommitSchema, {
       stateWrites: effects.stateWrites,
       cancellations: effects.cancellations,
@@ -679,19 +726,61 @@ export class ShardProcessor {
       acked,
       egressDelivered,
       invocationId: envelope.id,
+      deadLetters,
     });
     if (memoId !== undefined) this.inflight.delete(memoId);
     this.volatile.delete(envelope.id);
     let durable: Promise<void>;
     try {
       durable = this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit }, writtenAtMs: BigInt(now) })]);
-    } catch {
+    } catch (err) {
+      if (!(err instanceof RecordEncodingError)) return;
+      // Nothing was appended: the deliveries ride on the next commit after all.
+      this.pendingAcks.unshift(...acked);
+      this.pendingEgressDelivered.unshift(...egressDelivered);
+      const problem = `${describe(envelope)}: its effects cannot be committed: ${err.message}`;
+      if (effects.deadLetter) {
+        this.host.logger.error(`shard ${this.shard}: ${problem}; the message stays pending`);
+        return;
+      }
+      // A re-run would produce the same effects: commit the failure instead.
+      const failed = errorReply(Code.Internal, problem);
+      this.commitOutcome(envelope, failed, { finishedInvocations: effects.finishedInvocations, deadLetter: true });
       return;
     }
+    for (const letter of commit.deadLetters) this.deadLettered(letter);
     durable.then(
       () => this.released(envelope, reply, commit, output),
       () => {},
     );
+  }
+
+  /** The request's bytes, for a dead letter (an ingress request travels decoded). */
+  private requestBytes(envelope: Envelope): Uint8Array {
+    const decoded = this.decodedRequests.get(envelope);
+    if (envelope.payload.length > 0 || decoded === undefined) return envelope.payload;
+    const input = this.host.lookup(envelope.target?.type ?? "")?.fn.handlers.get(envelope.handler)?.method.input;
+    try {
+      return input !== undefined ? toBinary(input, decoded) : envelope.payload;
+    } catch {
+      return envelope.payload;
+    }
+  }
+
+  private deadLettered(letter: DeadLetter) {
+    const target = letter.target;
+    this.host.metrics.deadLettered(target?.type ?? "", letter.handler);
+    this.host.logger.error(`shard ${this.shard}: message ${letter.envelopeId} dead-lettered (see shoal dead-letters list)`, {
+      function: target?.type,
+      key: target?.key,
+      handler: letter.handler,
+      error: letter.error?.message,
+    });
+  }
+
+  /** The dead letters this shard keeps, oldest first. */
+  deadLetters(): DeadLetter[] {
+    return [...this.state.deadLetters.values()];
   }
 
   /** The commit is durable: its reply, outbox and egress may leave the shard. */
@@ -848,6 +937,19 @@ function findCycle(waitsFor: ReadonlyMap<string, string>, from: string, to: stri
     seen.add(next);
   }
   return undefined;
+}
+
+/** `type.Handler (key "k")`, how errors name a message's target. */
+function describe(envelope: Envelope): string {
+  return `${envelope.target?.type ?? "?"}.${envelope.handler} (key "${envelope.target?.key ?? ""}")`;
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function errorText(reply: Reply): string {
+  return reply.result.case === "error" ? reply.result.value.message : "";
 }
 
 function fromResultEnvelope(envelope: Envelope) {

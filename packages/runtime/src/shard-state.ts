@@ -2,6 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import {
   type CallResult,
   type Commit,
+  type DeadLetter,
   type EgressMessage,
   type Envelope,
   type LogRecord,
@@ -27,6 +28,9 @@ export const controlHandlers = {
   cancel: "$cancel",
 } as const;
 
+/** Dead letters a shard keeps (the most recent); older ones are dropped as new ones come. */
+export const deadLetterRetention = 1000;
+
 export function instanceId(type: string, key: string): string {
   return `${type}\u0000${key}`;
 }
@@ -49,6 +53,8 @@ export class ShardState {
   readonly journals = new Map<string, CallResult[]>();
   /** Egress messages committed and not yet handed to their egress. */
   readonly egress = new Map<string, EgressMessage>();
+  /** Messages that failed for good, oldest first, by envelope id. */
+  readonly deadLetters = new Map<string, DeadLetter>();
   nextOutboxSequence = 1n;
   /** The last log sequence applied. */
   sequence = 0n;
@@ -125,6 +131,16 @@ export class ShardState {
     for (const sequence of commit.acked) this.outbox.delete(sequence);
     for (const id of commit.finishedInvocations) this.journals.delete(id);
     for (const id of commit.egressDelivered) this.egress.delete(id);
+    for (const letter of commit.deadLetters) this.addDeadLetter(letter);
+  }
+
+  private addDeadLetter(letter: DeadLetter) {
+    this.deadLetters.delete(letter.envelopeId);
+    this.deadLetters.set(letter.envelopeId, letter);
+    for (const id of this.deadLetters.keys()) {
+      if (this.deadLetters.size <= deadLetterRetention) break;
+      this.deadLetters.delete(id);
+    }
   }
 
   /** Drops a delayed message not yet delivered; a due or consumed one stays as it is. */
@@ -160,6 +176,7 @@ export class ShardState {
       journals: [...this.journals].map(([invocationId, results]) => ({ invocationId, results })),
       nextOutboxSequence: this.nextOutboxSequence,
       egress: [...this.egress.values()],
+      deadLetters: [...this.deadLetters.values()],
     });
   }
 
@@ -175,6 +192,7 @@ export class ShardState {
     for (const w of snapshot.watermarks) state.watermarks.set(w.shard, w.sequence);
     for (const j of snapshot.journals) state.journals.set(j.invocationId, [...j.results]);
     for (const message of snapshot.egress) state.egress.set(message.id, message);
+    for (const letter of snapshot.deadLetters) state.addDeadLetter(letter);
     state.nextOutboxSequence = snapshot.nextOutboxSequence > 0n ? snapshot.nextOutboxSequence : 1n;
     return state;
   }

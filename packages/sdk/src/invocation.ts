@@ -60,7 +60,9 @@ export interface InvocationEffects {
 /**
  * The outcome of running a handler once.
  * - `done`: it returned or threw a ShoalError; `reply` goes to the caller and
- *   `effects` commit (no effects with an error reply).
+ *   `effects` commit (no effects with an error reply). With `poison`, the
+ *   request, state or result could not be decoded or encoded: a re-run would
+ *   fail the same way, so the runtime dead-letters the message instead.
  * - `suspended`: it awaits calls the invoker chose not to run inline (remote
  *   functions); re-run it with their results in the journal.
  * - `retry`: it threw something else; run it again later with the same journal.
@@ -73,6 +75,8 @@ export type InvocationOutcome =
       readonly output?: Message;
       readonly effects: InvocationEffects;
       readonly journal: readonly CallResult[];
+      /** Set when the invocation failed the same way any re-run would (`reply` says why). */
+      readonly poison?: true;
     }
   | { readonly status: "suspended"; readonly pending: readonly OutgoingCall[]; readonly journal: readonly CallResult[] }
   | { readonly status: "retry"; readonly error: unknown; readonly journal: readonly CallResult[] };
@@ -167,11 +171,30 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
   }
   let cleared = false;
 
-  const request = req.request ?? fromBinary(handler.method.input, req.payload);
+  // What the handler got or made cannot go through protobuf: no re-run changes that.
+  const poisoned = (problem: string, err: unknown): InvocationOutcome => ({
+    status: "done",
+    reply: errorReply(
+      Code.Internal,
+      `${fn.typeName}.${handler.name} (key "${req.self.key}"): ${problem}: ${err instanceof Error ? err.message : String(err)}`,
+    ),
+    effects: noEffects,
+    journal,
+    poison: true,
+  });
+
   const stateSchema = fn.state as DescMessage | undefined;
+  let request: Message;
   let state: Message | undefined;
-  if (stateSchema !== undefined) {
-    state = req.state !== undefined ? fromBinary(stateSchema, req.state) : create(stateSchema);
+  try {
+    request = req.request ?? fromBinary(handler.method.input, req.payload);
+  } catch (err) {
+    return poisoned(`the request is not a valid ${handler.method.input.typeName}`, err);
+  }
+  try {
+    if (stateSchema !== undefined) state = req.state !== undefined ? fromBinary(stateSchema, req.state) : create(stateSchema);
+  } catch (err) {
+    return poisoned(`the stored state is not a valid ${stateSchema?.typeName}; fix the state schema`, err);
   }
 
   function targetOf(target: AnyFunctionType, method: string, payload: Message): { address: Address; info: HandlerInfo } {
@@ -334,21 +357,17 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
     output = create(handler.method.output, (result ?? {}) as never) as Message;
     replyPayload = req.encodeReply === false ? noBytes : toBinary(handler.method.output, output);
   } catch (err) {
-    return {
-      status: "done",
-      reply: errorReply(
-        Code.Internal,
-        `${fn.typeName}.${handler.name} returned a value that is not a ${handler.method.output.typeName}: ${String(err)}`,
-      ),
-      effects: noEffects,
-      journal,
-    };
+    return poisoned(`the handler returned a value that cannot be encoded as a ${handler.method.output.typeName}`, err);
   }
 
   let change: StateChange = { kind: "keep" };
   if (stateSchema !== undefined && !handler.shared) {
-    const current = ctx.state as Message;
-    const bytes = toBinary(stateSchema, current);
+    let bytes: Uint8Array;
+    try {
+      bytes = toBinary(stateSchema, ctx.state as Message);
+    } catch (err) {
+      return poisoned(`the new state cannot be encoded as a ${stateSchema.typeName}`, err);
+    }
     if (cleared && bytes.length === 0) change = { kind: "clear" };
     else if (req.state === undefined ? bytes.length > 0 : !sameBytes(bytes, req.state)) change = { kind: "write", bytes };
   }

@@ -20,6 +20,7 @@ import {
 } from "./local-format.js";
 import {
   type AppendResult,
+  encodeRecords,
   FencedError,
   type RecoveredShard,
   type SequencedRecord,
@@ -785,11 +786,7 @@ class LocalShardLog implements ShardLog {
 
   append(records: readonly LogRecord[]): AppendResult {
     this.checkWritable();
-    return this.storage.enqueue(
-      this,
-      records.map((r) => toBinary(LogRecordSchema, r)),
-      false,
-    );
+    return this.storage.enqueue(this, encodeRecords(records), false);
   }
 
   writeSnapshot(snapshot: ShardSnapshot): Promise<void> {

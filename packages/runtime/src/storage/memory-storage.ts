@@ -2,6 +2,7 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type LogRecord, LogRecordSchema, type ShardSnapshot, ShardSnapshotSchema } from "@shoal/sdk/internal";
 import {
   type AppendResult,
+  encodeRecords,
   FencedError,
   type RecoveredShard,
   type ShardLog,
@@ -102,10 +103,7 @@ export function createMemoryStorage(): StorageBackend {
       },
       append(records: readonly LogRecord[]): AppendResult {
         checkWritable();
-        const result = append(
-          state,
-          records.map((r) => toBinary(LogRecordSchema, r)),
-        );
+        const result = append(state, encodeRecords(records));
         lastDurable = result.durable;
         return result;
       },

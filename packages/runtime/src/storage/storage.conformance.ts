@@ -3,7 +3,7 @@
 import { create } from "@bufbuild/protobuf";
 import { type LogRecord, LogRecordSchema, ShardSnapshotSchema } from "@shoal/sdk/internal";
 import { describe, expect, it } from "vitest";
-import { type AppendResult, FencedError, type RecoveredShard, type StorageBackend, StorageError } from "./storage.js";
+import { type AppendResult, FencedError, RecordEncodingError, type RecoveredShard, type StorageBackend, StorageError } from "./storage.js";
 
 /** What a backend can show: a memory backend keeps nothing across instances. */
 export interface StorageCapabilities {
@@ -68,6 +68,19 @@ export function describeStorageConformance(
         // The fence of this owner comes first.
         expect(fences(recovered)).toEqual([{ owner: "node-a", epoch: log.epoch }]);
         expect(recovered.records[0]?.record.kind.case).toBe("fence");
+      }));
+
+    it("refuses a record that cannot be encoded with RecordEncodingError, appends none of its batch and stays writable", () =>
+      run(create, async (t) => {
+        const log = await t.backend.openShard(0, "node-a");
+        const tooLate = input("late");
+        if (tooLate.kind.case === "input" && tooLate.kind.value.envelope) tooLate.kind.value.envelope.deliverAtMs = 2n ** 63n;
+        expect(() => log.append([input("b1"), tooLate])).toThrow(RecordEncodingError);
+        expect(() => log.append([tooLate])).toThrow(
+          /the input record cannot be encoded: cannot encode field shoal.v1.Envelope.deliver_at_ms/,
+        );
+        await log.append([input("a1")]).durable;
+        expect(ids(await log.recover())).toEqual(["a1"]);
       }));
 
     it("keeps shards independent", () =>

@@ -1,4 +1,5 @@
-import type { LogRecord, ShardSnapshot } from "@shoal/sdk/internal";
+import { toBinary } from "@bufbuild/protobuf";
+import { type LogRecord, LogRecordSchema, type ShardSnapshot } from "@shoal/sdk/internal";
 
 /**
  * Where shards keep their logs and snapshots. Every backend (memory, local,
@@ -78,6 +79,10 @@ export interface ShardLog {
    * snapshots with `StorageError`: open the shard again (a new epoch) and
    * rebuild from `recover()`. A rejected record may still turn up after a
    * crash (the write may have reached the disk): treat it as unknown.
+   *
+   * A record that cannot be encoded (an int64 field out of range, say) throws
+   * `RecordEncodingError` at once; nothing is appended and the handle stays
+   * writable: the data is at fault, not the storage.
    */
   append(records: readonly LogRecord[]): AppendResult;
   /**
@@ -102,4 +107,29 @@ export class StorageError extends Error {
 /** A newer owner took the shard: this handle may no longer write. */
 export class FencedError extends StorageError {
   override name = "FencedError";
+}
+
+/**
+ * A record cannot be encoded as protobuf binary (an int64 field out of range,
+ * say). Not a `StorageError`: nothing was written and the log is intact; the
+ * message that produced the record is at fault.
+ */
+export class RecordEncodingError extends Error {
+  override name = "RecordEncodingError";
+}
+
+/** Encodes records for an append, all or none: throws `RecordEncodingError` before anything is written. */
+export function encodeRecords(records: readonly LogRecord[]): Uint8Array[] {
+  return records.map((record) => {
+    try {
+      return toBinary(LogRecordSchema, record);
+    } catch (err) {
+      throw new RecordEncodingError(
+        `the ${record.kind.case ?? "log"} record cannot be encoded: ${err instanceof Error ? err.message : String(err)}`,
+        {
+          cause: err,
+        },
+      );
+    }
+  });
 }
