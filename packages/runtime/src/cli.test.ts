@@ -123,7 +123,9 @@ describe("shoal serve", () => {
     const { code, stderr, stdout } = await run(["serve", "--config", path]);
     expect(code).toBe(1);
     expect(stdout).toBe("");
-    expect(stderr).toBe(`shoal: ${path}: ingress.prot: unknown key (expected one of: host, port, maxRequestBytes)\n`);
+    expect(stderr).toBe(
+      `shoal: ${path}: ingress.prot: unknown key (expected one of: host, port, maxRequestBytes, headersTimeoutMs, idleTimeoutMs, shutdownGraceMs)\n`,
+    );
   });
 
   it("exits 1 naming the key of a wrong value", async () => {

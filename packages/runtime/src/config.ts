@@ -5,7 +5,14 @@ import { parse } from "yaml";
 /** `shoal.yaml`, validated. Every field has a default except `functions.module`. */
 export interface ShoalConfig {
   readonly shards: number;
-  readonly ingress: { readonly host: string; readonly port: number; readonly maxRequestBytes: number };
+  readonly ingress: {
+    readonly host: string;
+    readonly port: number;
+    readonly maxRequestBytes: number;
+    readonly headersTimeoutMs: number;
+    readonly idleTimeoutMs: number;
+    readonly shutdownGraceMs: number;
+  };
   readonly storage: { readonly backend: "local"; readonly directory: string; readonly fsync: boolean } | { readonly backend: "memory" };
   readonly functions: { readonly module: string | undefined };
   readonly retry: { readonly maxAttempts: number; readonly initialDelayMs: number; readonly maxDelayMs: number };
@@ -80,7 +87,7 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd()): S
     "log",
   ]);
   const ingress = object(root.ingress, "ingress");
-  onlyKeys(ingress, "ingress", ["host", "port", "maxRequestBytes"]);
+  onlyKeys(ingress, "ingress", ["host", "port", "maxRequestBytes", "headersTimeoutMs", "idleTimeoutMs", "shutdownGraceMs"]);
   const storage = object(root.storage, "storage");
   onlyKeys(storage, "storage", ["backend", "directory", "fsync"]);
   const backend = string(storage, "backend", "storage.", "local");
@@ -111,6 +118,9 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd()): S
       host: string(ingress, "host", "ingress.", "127.0.0.1"),
       port: integer(ingress, "port", "ingress.", 8080, 0, 65535),
       maxRequestBytes: integer(ingress, "maxRequestBytes", "ingress.", 4 * 1024 * 1024, 1),
+      headersTimeoutMs: integer(ingress, "headersTimeoutMs", "ingress.", 10_000, 1),
+      idleTimeoutMs: integer(ingress, "idleTimeoutMs", "ingress.", 60_000, 1),
+      shutdownGraceMs: integer(ingress, "shutdownGraceMs", "ingress.", 5_000, 0),
     },
     storage:
       backend === "memory"
