@@ -116,17 +116,19 @@ function expectGreeting(reply: Reply, name: string) {
 }
 
 describe("connection timeouts", () => {
-  const timeouts = { headersTimeoutMs: 200, idleTimeoutMs: 300 };
+  // Small timeouts for what they are tested on; a generous one otherwise, so a busy machine cannot hit it.
+  const headersTimeout = { headersTimeoutMs: 200, idleTimeoutMs: 60_000 };
+  const idleTimeout = { headersTimeoutMs: 60_000, idleTimeoutMs: 300 };
 
   it("closes connections that send nothing", { timeout: 20_000 }, async () => {
-    const { port } = await serve(timeouts);
+    const { port } = await serve(headersTimeout);
     const connections = Array.from({ length: 20 }, () => rawConnection(port));
     await Promise.all(connections.map((c) => c.closed));
     expect(connections.map((c) => c.received())).toEqual(connections.map(() => ""));
   });
 
   it("closes a connection that sends half a request's headers, or half the HTTP/2 preface", { timeout: 20_000 }, async () => {
-    const { port } = await serve(timeouts);
+    const { port } = await serve(headersTimeout);
     const http1 = rawConnection(port);
     http1.socket.write(`POST ${path} HTTP/1.1\r\nHost: x\r\n`);
     const http2 = rawConnection(port);
@@ -135,7 +137,7 @@ describe("connection timeouts", () => {
   });
 
   it("closes an HTTP/1.1 keep-alive connection that goes idle, but not one with a request in flight", { timeout: 20_000 }, async () => {
-    const { port } = await serve(timeouts);
+    const { port } = await serve(idleTimeout);
     closeGate();
     const busy = rawConnection(port);
     busy.socket.write(rawRequest("slow"));
@@ -151,7 +153,7 @@ describe("connection timeouts", () => {
   });
 
   it("sends GOAWAY to an h2c session without open streams", { timeout: 20_000 }, async () => {
-    const { url } = await serve(timeouts);
+    const { url } = await serve(idleTimeout);
     const session = http2Connect(url);
     session.on("error", () => {});
     const goaway = new Promise<void>((resolve) => session.once("goaway", () => resolve()));
