@@ -2,7 +2,7 @@
 // build` first) in a child process.
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer, type Server } from "node:net";
+import { connect, createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -124,7 +124,7 @@ describe("shoal serve", () => {
     expect(code).toBe(1);
     expect(stdout).toBe("");
     expect(stderr).toBe(
-      `shoal: ${path}: ingress.prot: unknown key (expected one of: host, port, maxRequestBytes, ignoreUnknownJsonFields)\n`,
+      `shoal: ${path}: ingress.prot: unknown key (expected one of: host, port, maxRequestBytes, ignoreUnknownJsonFields, headersTimeoutMs, idleTimeoutMs, shutdownGraceMs)\n`,
     );
   });
 
@@ -213,6 +213,20 @@ describe("shoal serve", () => {
     const exited = await shoal.exited;
     expect(exited.code).toBe(0);
     expect(exited.stderr).toBe("");
+  });
+
+  it("closes a connection that sends nothing after ingress.headersTimeoutMs", async () => {
+    const path = writeFile(
+      "timeouts.yaml",
+      `storage: { backend: memory }\ningress: { port: 0, headersTimeoutMs: 100 }\nfunctions: { module: ${greeterModule} }\nlog: { level: warn }\n`,
+    );
+    const shoal = start(["serve", "--config", path]);
+    const [, port] = await shoal.waitFor(/listening at http:\/\/127\.0\.0\.1:(\d+)\n/);
+    const silent = connect(Number(port), "127.0.0.1");
+    silent.on("error", () => {});
+    await new Promise((resolve) => silent.once("close", resolve));
+    shoal.child.kill("SIGTERM");
+    expect(await shoal.exited).toMatchObject({ code: 0, stderr: "" });
   });
 
   it("exits 1 when the port is taken", async () => {

@@ -20,7 +20,15 @@ function errorOf(raw: unknown): ConfigError {
 describe("validateConfig", () => {
   const defaults: ShoalConfig = {
     shards: 64,
-    ingress: { host: "127.0.0.1", port: 8080, maxRequestBytes: 4 * 1024 * 1024, ignoreUnknownJsonFields: false },
+    ingress: {
+      host: "127.0.0.1",
+      port: 8080,
+      maxRequestBytes: 4 * 1024 * 1024,
+      ignoreUnknownJsonFields: false,
+      headersTimeoutMs: 10_000,
+      idleTimeoutMs: 60_000,
+      shutdownGraceMs: 5_000,
+    },
     storage: { backend: "local", directory: "/srv/app/.shoal", fsync: true },
     functions: { module: undefined },
     retry: { maxAttempts: 5, initialDelayMs: 100, maxDelayMs: 5_000 },
@@ -52,7 +60,15 @@ describe("validateConfig", () => {
     const config = validateConfig(
       {
         shards: 8,
-        ingress: { host: "0.0.0.0", port: 0, maxRequestBytes: 1024, ignoreUnknownJsonFields: true },
+        ingress: {
+          host: "0.0.0.0",
+          port: 0,
+          maxRequestBytes: 1024,
+          ignoreUnknownJsonFields: true,
+          headersTimeoutMs: 1,
+          idleTimeoutMs: 2,
+          shutdownGraceMs: 0,
+        },
         storage: { backend: "local", directory: "/data", fsync: false },
         functions: { module: "m.js" },
         retry: { maxAttempts: 1, initialDelayMs: 0, maxDelayMs: 0 },
@@ -66,7 +82,15 @@ describe("validateConfig", () => {
     );
     expect(config).toEqual({
       shards: 8,
-      ingress: { host: "0.0.0.0", port: 0, maxRequestBytes: 1024, ignoreUnknownJsonFields: true },
+      ingress: {
+        host: "0.0.0.0",
+        port: 0,
+        maxRequestBytes: 1024,
+        ignoreUnknownJsonFields: true,
+        headersTimeoutMs: 1,
+        idleTimeoutMs: 2,
+        shutdownGraceMs: 0,
+      },
       storage: { backend: "local", directory: "/data", fsync: false },
       functions: { module: "/srv/app/m.js" },
       retry: { maxAttempts: 1, initialDelayMs: 0, maxDelayMs: 0 },
@@ -104,7 +128,7 @@ describe("validateConfig", () => {
       [
         "an unknown ingress key",
         { ingress: { prot: 80 } },
-        "ingress.prot: unknown key (expected one of: host, port, maxRequestBytes, ignoreUnknownJsonFields)",
+        "ingress.prot: unknown key (expected one of: host, port, maxRequestBytes, ignoreUnknownJsonFields, headersTimeoutMs, idleTimeoutMs, shutdownGraceMs)",
       ],
       ["an unknown storage key", { storage: { dir: "x" } }, "storage.dir: unknown key (expected one of: backend, directory, fsync)"],
       ["an unknown functions key", { functions: { modules: ["a.js"] } }, "functions.modules: unknown key (expected one of: module)"],
@@ -215,7 +239,7 @@ describe("loadConfig", () => {
     const path = write("unknown.yaml", "ingress:\n  prot: 80\n");
     expect(() => loadConfig(path)).toThrow(ConfigError);
     expect(() => loadConfig(path)).toThrow(
-      `${path}: ingress.prot: unknown key (expected one of: host, port, maxRequestBytes, ignoreUnknownJsonFields)`,
+      `${path}: ingress.prot: unknown key (expected one of: host, port, maxRequestBytes, ignoreUnknownJsonFields, headersTimeoutMs, idleTimeoutMs, shutdownGraceMs)`,
     );
   });
 

@@ -11,6 +11,12 @@ export interface ShoalConfig {
     readonly maxRequestBytes: number;
     /** Drop unknown fields of JSON requests instead of refusing them; see `RuntimeOptions.ignoreUnknownJsonFields`. Default false. */
     readonly ignoreUnknownJsonFields: boolean;
+    /** Time from accept to the first request's headers before a connection is dropped, in ms. Default 10 000. */
+    readonly headersTimeoutMs: number;
+    /** Time a connection may stay open with no request in flight, in ms. Default 60 000. */
+    readonly idleTimeoutMs: number;
+    /** On stop, how long requests in flight may take to finish, in ms. Default 5 000. */
+    readonly shutdownGraceMs: number;
   };
   readonly storage: { readonly backend: "local"; readonly directory: string; readonly fsync: boolean } | { readonly backend: "memory" };
   readonly functions: { readonly module: string | undefined };
@@ -86,7 +92,15 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd()): S
     "log",
   ]);
   const ingress = object(root.ingress, "ingress");
-  onlyKeys(ingress, "ingress", ["host", "port", "maxRequestBytes", "ignoreUnknownJsonFields"]);
+  onlyKeys(ingress, "ingress", [
+    "host",
+    "port",
+    "maxRequestBytes",
+    "ignoreUnknownJsonFields",
+    "headersTimeoutMs",
+    "idleTimeoutMs",
+    "shutdownGraceMs",
+  ]);
   const storage = object(root.storage, "storage");
   onlyKeys(storage, "storage", ["backend", "directory", "fsync"]);
   const backend = string(storage, "backend", "storage.", "local");
@@ -118,6 +132,9 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd()): S
       port: integer(ingress, "port", "ingress.", 8080, 0, 65535),
       maxRequestBytes: integer(ingress, "maxRequestBytes", "ingress.", 4 * 1024 * 1024, 1),
       ignoreUnknownJsonFields: boolean(ingress, "ignoreUnknownJsonFields", "ingress.", false),
+      headersTimeoutMs: integer(ingress, "headersTimeoutMs", "ingress.", 10_000, 1),
+      idleTimeoutMs: integer(ingress, "idleTimeoutMs", "ingress.", 60_000, 1),
+      shutdownGraceMs: integer(ingress, "shutdownGraceMs", "ingress.", 5_000, 0),
     },
     storage:
       backend === "memory"

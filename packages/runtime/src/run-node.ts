@@ -93,7 +93,8 @@ export async function startNode(config: ShoalConfig, functions: ShoalModule, opt
   let server: RuntimeServer;
   try {
     await runtime.start();
-    server = await listen(runtime, { host: config.ingress.host, port: config.ingress.port });
+    const { host, port, headersTimeoutMs, idleTimeoutMs, shutdownGraceMs } = config.ingress;
+    server = await listen(runtime, { host, port, headersTimeoutMs, idleTimeoutMs, shutdownGraceMs });
   } catch (err) {
     await runtime.close().catch(() => {});
     throw err;

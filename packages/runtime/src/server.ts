@@ -1,8 +1,9 @@
 import { createServer as createHttp1Server, type Server as Http1Server } from "node:http";
 import { createServer as createHttp2Server, type Http2Server } from "node:http2";
-import { createServer as createNetServer, type Server as NetServer, type Socket } from "node:net";
+import { createServer as createNetServer, type Server as NetServer } from "node:net";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { trackConnections } from "./connections.js";
 import { answerUnrouted, explainRejections } from "./http-answers.js";
 import type { Runtime } from "./runtime.js";
 
@@ -14,6 +15,17 @@ export interface ListenOptions {
   readonly host?: string;
   /** On close, how long requests in flight may take to finish, in ms. Default 5 000. */
   readonly shutdownGraceMs?: number;
+  /**
+   * How long a new connection may take to send its first request's headers
+   * (HTTP/1.1) or the HTTP/2 preface, in ms; then it is closed. Default 10 000.
+   */
+  readonly headersTimeoutMs?: number;
+  /**
+   * How long a connection may stay without a request in flight, in ms: an
+   * HTTP/1.1 keep-alive connection between requests, an h2c session without
+   * open streams (it gets a GOAWAY). Then it is closed. Default 60 000.
+   */
+  readonly idleTimeoutMs?: number;
 }
 
 /** A listening ingress. */
@@ -22,13 +34,13 @@ export interface RuntimeServer {
   readonly url: string;
   readonly port: number;
   /**
-   * Stops accepting connections, lets requests in flight finish (up to
-   * `shutdownGraceMs`), then closes every connection.
+   * Stops accepting connections, closes idle ones at once, lets requests in
+   * flight finish (up to `shutdownGraceMs`) while asking their clients to
+   * close (HTTP/1.1 `Connection: close`, h2c GOAWAY), then closes every
+   * connection.
    */
   close(): Promise<void>;
 }
-
-const http2Preface = Buffer.from("PRI * HTTP/2.0\r\n");
 
 /**
  * Serves the runtime's Connect routes on one port for HTTP/1.1 and cleartext
@@ -75,30 +87,24 @@ export async function listen(runtime: Runtime, options: ListenOptions = {}): Pro
       answerUnrouted(req, res, routed);
     },
   });
+  const idleTimeoutMs = options.idleTimeoutMs ?? 60_000;
   let inFlight = 0;
   let drained: (() => void) | undefined;
   const handler = (req: Parameters<typeof connectHandler>[0], res: Parameters<typeof connectHandler>[1]) => {
     inFlight++;
+    const done = connections.request(req, res);
     res.once("close", () => {
       inFlight--;
+      done();
       if (inFlight === 0) drained?.();
     });
     connectHandler(req, res);
   };
-  const http1: Http1Server = createHttp1Server(handler);
+  // Node's own keep-alive timer, and the Keep-Alive header it sends, agree with the idle timeout.
+  const http1: Http1Server = createHttp1Server({ keepAliveTimeout: idleTimeoutMs }, handler);
   const http2: Http2Server = createHttp2Server({}, handler);
-  const sockets = new Set<Socket>();
-  const server: NetServer = createNetServer((socket) => {
-    sockets.add(socket);
-    socket.once("close", () => sockets.delete(socket));
-    socket.once("readable", () => {
-      const head: Buffer | null = socket.read(Math.min(http2Preface.length, socket.readableLength)) ?? socket.read();
-      if (head === null) return;
-      socket.unshift(head);
-      const isHttp2 = head.length > 0 && http2Preface.subarray(0, head.length).equals(head);
-      (isHttp2 ? http2 : http1).emit("connection", socket);
-    });
-  });
+  const connections = trackConnections(http1, http2, { headersTimeoutMs: options.headersTimeoutMs ?? 10_000, idleTimeoutMs });
+  const server: NetServer = createNetServer((socket) => connections.accept(socket));
   const host = options.host ?? "127.0.0.1";
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -114,15 +120,14 @@ export async function listen(runtime: Runtime, options: ListenOptions = {}): Pro
     port,
     async close() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      http1.closeIdleConnections();
+      connections.drain();
       if (inFlight > 0) {
         await new Promise<void>((resolve) => {
           drained = resolve;
           setTimeout(resolve, options.shutdownGraceMs ?? 5_000).unref();
         });
       }
-      http1.closeAllConnections();
-      for (const socket of sockets) socket.destroy();
+      connections.destroyAll();
       await closed;
     },
   };
