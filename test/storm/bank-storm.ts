@@ -6,6 +6,7 @@
 // Once the fault is gone, every check of checkBank must hold. A storm's timing
 // and the client's transfers follow its seed (SHOAL_STORM_SEED reproduces one).
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -192,7 +193,7 @@ export async function runBankStorm(options: BankStormOptions): Promise<BankStorm
       .find((line) => line.startsWith('{"summary"'));
     if (summaryLine === undefined) throw new Error(`the load client printed no summary; stderr:\n${client.stderr()}`);
     const load = JSON.parse(summaryLine).summary as LoadSummary;
-    const { balanceTotal, checkFailures } = await checkBank(url, accounts, initial, load);
+    const { balanceTotal, checkFailures, suspects } = await checkBank(url, accounts, initial, load);
     failures.push(...checkFailures);
 
     const summary =
@@ -203,8 +204,7 @@ export async function runBankStorm(options: BankStormOptions): Promise<BankStorm
       `total balance ${balanceTotal} of ${accounts * initial}: ${failures.length === 0 ? "ok" : `${failures.length} checks FAILED`}`;
     process.stdout.write(`${summary}\n`);
     if (failures.length > 0) {
-      const log = tail([...logs, runtime?.stderr() ?? ""].join(""));
-      failures.push(`runtime log (last lines):\n${log}`);
+      failures.push(logExcerpt([...logs, runtime?.stderr() ?? ""].join(""), suspects));
     }
     return { seed, summary, failures };
   } finally {
@@ -227,7 +227,7 @@ async function checkBank(
   accounts: number,
   initial: number,
   load: LoadSummary,
-): Promise<{ balanceTotal: bigint; checkFailures: string[] }> {
+): Promise<{ balanceTotal: bigint; checkFailures: string[]; suspects: Transfer[] }> {
   const failures: string[] = [];
   const ledgers = new Map<string, Array<{ transferId: string; amount: string }>>();
   let total = 0n;
@@ -284,7 +284,7 @@ async function checkBank(
     );
   }
   if (load.acknowledged.length === 0) failures.push("the client got no transfer acknowledged (the storm tested nothing)");
-  return { balanceTotal: total, checkFailures: failures };
+  return { balanceTotal: total, checkFailures: failures, suspects: [...notOnce, ...refusedApplied, ...load.abandoned] };
 }
 
 /** An account's view, retried while the runtime is not (yet) serving it. */
@@ -358,6 +358,23 @@ function smallDisk(
       execFileSync("umount", ["-l", dir], { stdio: "pipe" });
     },
   };
+}
+
+/**
+ * The runtime's log lines about the transfers a check failed on: the ingress
+ * names a keyed request's invocation after its idempotency key (ingress.ts),
+ * and its calls' ids start with it. The last lines when none match.
+ */
+function logExcerpt(log: string, suspects: Transfer[]): string {
+  const invocations = suspects.slice(0, 20).map((t) => {
+    const hash = createHash("sha256").update(`bank.v1.Account\u0000${t.from}\u0000Transfer\u0000${t.id}`).digest("base64url");
+    return { id: t.id, invocation: `k-${hash}` };
+  });
+  const lines = log.split("\n").filter((line) => invocations.some((i) => line.includes(i.invocation)));
+  if (lines.length === 0)
+    return `runtime log, last lines (none names a failed transfer's invocation):\n${tail(log) || "(empty at level warn)"}`;
+  const names = invocations.map((i) => `${i.id} = ${i.invocation}`).join(", ");
+  return `runtime log, lines about the failed transfers (${names}):\n${tail(lines.join("\n"), 20)}`;
 }
 
 function tail(text: string, lines = 15): string {
