@@ -18,7 +18,8 @@ export default defineConfig({
   },
   test: {
     include: ["packages/*/src/**/*.test.ts", "examples/*/src/**/*.test.ts", "test/**/*.test.ts"],
-    exclude: ["**/node_modules/**", "**/dist/**"],
+    // The long storms run with npm run test:storm (vitest.storm.config.ts).
+    exclude: ["**/node_modules/**", "**/dist/**", "test/storm/**"],
     testTimeout: 30_000,
     hookTimeout: 60_000,
     // Crash and end-to-end tests start processes: keep the 2-core machine from thrashing.

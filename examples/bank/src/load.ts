@@ -1,8 +1,11 @@
 // A load client for the bank: concurrent random transfers between accounts,
 // each retried with its idempotency key until the runtime answers. It runs
 // until SIGTERM, then finishes the transfers in flight and prints a summary
-// as one JSON line. Used by the crash test; usable by hand:
+// as one JSON line. Used by the crash test and the storms; usable by hand:
 //   node examples/bank/dist/load.js http://127.0.0.1:8080 --accounts 10 --workers 16
+// --settle-ms bounds how long a transfer is still retried after SIGTERM (the
+// storms send it once the fault is gone): one still unanswered then is
+// abandoned with the last error it saw. --seed makes accounts and amounts repeatable.
 import { Code, ConnectError } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { createAccountClient } from "./gen/bank/v1/account_shoal.js";
@@ -17,6 +20,16 @@ const accounts = option("accounts", 10);
 const workers = option("workers", 16);
 const initialBalance = BigInt(option("initial", 1000));
 const maxTransfers = option("max", Number.POSITIVE_INFINITY);
+const settleMs = option("settle-ms", 120_000);
+// mulberry32: a small seeded generator, so a storm's seed also fixes the transfers.
+let seed = option("seed", Math.floor(Math.random() * 2 ** 32)) >>> 0;
+const random = () => {
+  seed = (seed + 0x6d2b79f5) >>> 0;
+  let t = seed;
+  t = Math.imul(t ^ (t >>> 15), t | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+};
 
 const client = createAccountClient(createConnectTransport({ baseUrl, httpVersion: "1.1" }));
 const accountName = (i: number) => `acct-${i}`;
@@ -29,19 +42,23 @@ interface Transfer {
 }
 const acknowledged: Transfer[] = [];
 const refused: Array<Transfer & { code: string; message: string }> = [];
-const abandoned: Transfer[] = [];
+const abandoned: Array<Transfer & { lastError: string }> = [];
 let retries = 0;
+/** How often each retried error was seen, by code: what the runtime answered while faults lasted. */
+const retriedCodes: Record<string, number> = {};
 let stopping = false;
+let stoppedAt = Number.POSITIVE_INFINITY;
 let started = 0;
 process.once("SIGTERM", () => {
   stopping = true;
+  stoppedAt = Date.now();
 });
 
 // Handler answers that end a transfer for good; anything else (connection
 // refused or reset while the runtime restarts, Unavailable) is retried.
 const terminal = new Set([Code.FailedPrecondition, Code.InvalidArgument]);
 
-async function withRetries<T>(run: () => Promise<T>): Promise<{ ok: T } | { error: ConnectError } | { gaveUp: true }> {
+async function withRetries<T>(run: () => Promise<T>): Promise<{ ok: T } | { error: ConnectError } | { gaveUp: ConnectError }> {
   const deadline = Date.now() + 120_000;
   for (;;) {
     try {
@@ -49,9 +66,10 @@ async function withRetries<T>(run: () => Promise<T>): Promise<{ ok: T } | { erro
     } catch (err) {
       const e = ConnectError.from(err);
       if (terminal.has(e.code)) return { error: e };
-      if (Date.now() > deadline) return { gaveUp: true };
+      if (Date.now() > Math.min(deadline, stoppedAt + settleMs)) return { gaveUp: e };
       retries++;
-      await new Promise((resolve) => setTimeout(resolve, 20 + Math.random() * 80));
+      retriedCodes[Code[e.code]] = (retriedCodes[Code[e.code]] ?? 0) + 1;
+      await new Promise((resolve) => setTimeout(resolve, 20 + random() * 80));
     }
   }
 }
@@ -67,14 +85,14 @@ process.stdout.write(`${JSON.stringify({ seeded: accounts })}\n`);
 async function worker(w: number) {
   for (let n = 0; !stopping && started < maxTransfers; n++) {
     started++;
-    const from = Math.floor(Math.random() * accounts);
-    let to = Math.floor(Math.random() * (accounts - 1));
+    const from = Math.floor(random() * accounts);
+    let to = Math.floor(random() * (accounts - 1));
     if (to >= from) to++;
     const transfer: Transfer = {
       id: `t-${process.pid}-${w}-${n}`,
       from: accountName(from),
       to: accountName(to),
-      amount: String(1 + Math.floor(Math.random() * 50)),
+      amount: String(1 + Math.floor(random() * 50)),
     };
     const result = await withRetries(() =>
       client.transfer(
@@ -84,9 +102,9 @@ async function worker(w: number) {
     );
     if ("ok" in result) acknowledged.push(transfer);
     else if ("error" in result) refused.push({ ...transfer, code: Code[result.error.code], message: result.error.rawMessage });
-    else abandoned.push(transfer);
+    else abandoned.push({ ...transfer, lastError: `${Code[result.gaveUp.code]}: ${result.gaveUp.rawMessage}` });
   }
 }
 
 await Promise.all(Array.from({ length: workers }, (_, w) => worker(w)));
-process.stdout.write(`${JSON.stringify({ summary: { acknowledged, refused, abandoned, retries } })}\n`);
+process.stdout.write(`${JSON.stringify({ summary: { acknowledged, refused, abandoned, retries, retriedCodes } })}\n`);

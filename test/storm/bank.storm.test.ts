@@ -1,0 +1,27 @@
+// The long fault storms (npm run test:storm; CI runs them after npm test):
+// over 100 SIGKILLs, a SIGTERM storm and disk-full cycles, each checked by
+// test/storm/bank-storm.ts. A failure prints the storm's seed; run it again
+// with SHOAL_STORM_SEED=<seed> npx vitest run -c vitest.storm.config.ts -t <name>.
+import { expect, it } from "vitest";
+import { type BankStormOptions, runBankStorm } from "./bank-storm.js";
+
+const storms: BankStormOptions[] = [
+  { name: "SIGKILL, 1 shard, snapshot every 50", shards: 1, snapshotEvery: 50, stops: 50, killDuringRecovery: true },
+  { name: "SIGKILL, 256 shards, snapshot every 50", shards: 256, snapshotEvery: 50, stops: 50, killDuringRecovery: true },
+  {
+    name: "SIGTERM storm, 8 shards, snapshot every 50",
+    shards: 8,
+    snapshotEvery: 50,
+    stops: 25,
+    signal: "SIGTERM",
+    killDuringRecovery: true,
+  },
+  { name: "disk full, 8 shards, snapshot every 50", shards: 8, snapshotEvery: 50, diskFull: { cycles: 6, sizeMiB: 16 } },
+];
+
+for (const storm of storms) {
+  it(storm.name, { timeout: 600_000 }, async () => {
+    const report = await runBankStorm(storm);
+    expect(report.failures, report.summary).toEqual([]);
+  });
+}
