@@ -1,8 +1,8 @@
 import { resolve } from "node:path";
 import { headers as shoalHeaders } from "@shoal/sdk";
 import { Command, InvalidArgumentError } from "commander";
-import { ConfigError, loadConfig, type ShoalConfig, validateConfig } from "./config.js";
-import { installProcessGuard } from "./process-guard.js";
+import { ConfigError, loadConfig, type ShoalConfig, validateConfig } from "./config/config.js";
+import { installProcessGuard } from "./observe/process-guard.js";
 import { loadModule, missingHandlers, type StartNodeOptions, startNode } from "./run-node.js";
 
 function intArg(value: string): number {

@@ -1,23 +1,24 @@
 // Running functions
 export { createRuntime } from "./runtime.js";
-export type { Runtime, RuntimeOptions } from "./runtime.js";
-export { listen } from "./server.js";
-export type { ListenOptions, RuntimeServer } from "./server.js";
-export { createLocalStorage } from "./storage/local-storage.js";
-export type { LocalStorageOptions } from "./storage/local-storage.js";
+export type { Runtime } from "./runtime.js";
+export type { RuntimeOptions } from "./node/runtime.js";
+export { listen } from "./http/server.js";
+export type { ListenOptions, RuntimeServer } from "./http/server.js";
+export { createLocalStorage } from "./storage/local/local-storage.js";
+export type { LocalStorageOptions } from "./storage/local/local-storage.js";
 /** The memory store: for unit tests only, it keeps nothing across restarts. */
-export { createMemoryStorage } from "./storage/memory-storage.js";
+export { createMemoryStorage } from "./storage/memory/memory-storage.js";
 export { startNode, loadModule } from "./run-node.js";
 export type { RunningNode, StartNodeOptions } from "./run-node.js";
-export { installProcessGuard } from "./process-guard.js";
-export { loadConfig, validateConfig, ConfigError } from "./config.js";
-export type { ShoalConfig } from "./config.js";
-export { createStdoutEgress } from "./egress.js";
-export type { Egress } from "./egress.js";
-export { systemClock, createManualClock } from "./clock.js";
-export type { Clock, ManualClock } from "./clock.js";
-export type { RetryPolicy } from "./shard-processor.js";
-export type { LogLevel } from "./logger.js";
+export { installProcessGuard } from "./observe/process-guard.js";
+export { loadConfig, validateConfig, ConfigError } from "./config/config.js";
+export type { ShoalConfig } from "./config/config.js";
+export { createStdoutEgress } from "./egress/egress.js";
+export type { Egress } from "./egress/egress.js";
+export { systemClock, createManualClock } from "./shard/clock.js";
+export type { Clock, ManualClock } from "./shard/clock.js";
+export type { RetryPolicy } from "./shard/shard-processor.js";
+export type { LogLevel } from "./observe/logger.js";
 
 // for runtime and plugin authors
 export { StorageError, FencedError, RecordEncodingError, encodeRecords } from "./storage/storage.js";

@@ -1,10 +1,10 @@
 import { pathToFileURL } from "node:url";
 import { isModule, type ShoalModule } from "@shoal/sdk";
-import type { ShoalConfig } from "./config.js";
+import type { ShoalConfig } from "./config/config.js";
+import { listen, type RuntimeServer } from "./http/server.js";
 import { createRuntime, type Runtime } from "./runtime.js";
-import { listen, type RuntimeServer } from "./server.js";
-import { createLocalStorage } from "./storage/local-storage.js";
-import { createMemoryStorage } from "./storage/memory-storage.js";
+import { createLocalStorage } from "./storage/local/local-storage.js";
+import { createMemoryStorage } from "./storage/memory/memory-storage.js";
 
 /**
  * Loads a module file (`export default module(...)`). TypeScript files are

@@ -2,8 +2,8 @@
 // both would append to the same log segment and destroy it.
 import { link, open, readFile, rename, unlink } from "node:fs/promises";
 import { join } from "node:path";
+import { StorageError } from "../storage.js";
 import { describeFsError, fsErrorCode as errorCode } from "./fs-errors.js";
-import { StorageError } from "./storage.js";
 
 /** A held lock on a storage directory. */
 export interface DirectoryLock {

@@ -3,8 +3,8 @@ import { create, type DescService, fromBinary, type Message, toBinary } from "@b
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { headers, keyOf } from "@shoal/sdk";
 import { EnvelopeSchema } from "@shoal/sdk/internal";
-import type { Answer, Runtime } from "./runtime.js";
-import { ShardUnavailableError } from "./shard-processor.js";
+import type { Answer, NodeRuntime } from "../node/runtime.js";
+import { ShardUnavailableError } from "../shard/shard-processor.js";
 
 /**
  * Serves every function service at its standard Connect/gRPC/gRPC-web path.
@@ -12,7 +12,7 @@ import { ShardUnavailableError } from "./shard-processor.js";
  * committed reply of the handler. `Shoal-Send: 1` makes it a one-way send
  * answered once durably accepted; `Idempotency-Key` makes retries safe.
  */
-export function registerIngress(router: ConnectRouter, runtime: Runtime): void {
+export function registerIngress(router: ConnectRouter, runtime: NodeRuntime): void {
   for (const { fn } of runtime.functions.values()) {
     const service = fn.service as unknown as DescService;
     const impl: Record<string, (req: Message, ctx: HandlerContext) => Promise<Message>> = {};

@@ -1,8 +1,8 @@
 import { create } from "@bufbuild/protobuf";
 import { LogRecordSchema } from "@shoal/sdk/internal";
 import { expect, it } from "vitest";
+import { describeStorageConformance } from "../storage.conformance.js";
 import { createMemoryStorage } from "./memory-storage.js";
-import { describeStorageConformance } from "./storage.conformance.js";
 
 describeStorageConformance(
   "memory",

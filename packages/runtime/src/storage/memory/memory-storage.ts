@@ -9,8 +9,8 @@ import {
   type StorageBackend,
   StorageError,
   type StorageStats,
-} from "./storage.js";
-import { checkShardNumber, checkSnapshot } from "./storage-checks.js";
+} from "../storage.js";
+import { checkShardNumber, checkSnapshot } from "../storage-checks.js";
 
 /**
  * A storage backend that keeps everything in memory, for unit tests: it has

@@ -1,13 +1,13 @@
 import { fromBinary, toJsonString } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { Admin } from "@shoal/sdk/internal";
-import type { Runtime } from "./runtime.js";
+import type { NodeRuntime } from "../node/runtime.js";
 
 /**
  * Serves `shoal.v1.Admin`: status, instance state, instance keys and dead
  * letters, for `shoal status`, `shoal state` and `shoal dead-letters`.
  */
-export function registerAdmin(router: ConnectRouter, runtime: Runtime): void {
+export function registerAdmin(router: ConnectRouter, runtime: NodeRuntime): void {
   function functionNamed(name: string, stateful = true) {
     const registered = runtime.functions.get(name);
     if (registered === undefined) {

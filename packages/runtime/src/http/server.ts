@@ -3,9 +3,10 @@ import { createServer as createHttp2Server, type Http2Server } from "node:http2"
 import { createServer as createNetServer, type Server as NetServer } from "node:net";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { NodeRuntime } from "../node/runtime.js";
 import { trackConnections } from "./connections.js";
 import { answerUnrouted, explainRejections } from "./http-answers.js";
-import type { Runtime } from "./runtime.js";
+import { shoalRoutes } from "./routes.js";
 
 /** Options of `listen`. */
 export interface ListenOptions {
@@ -47,11 +48,11 @@ export interface RuntimeServer {
  * HTTP/2 (h2c with prior knowledge, as gRPC clients use): each connection is
  * handed to the server that speaks the protocol of its first bytes.
  */
-export async function listen(runtime: Runtime, options: ListenOptions = {}): Promise<RuntimeServer> {
+export async function listen(runtime: NodeRuntime, options: ListenOptions = {}): Promise<RuntimeServer> {
   let routed: ConnectRouter["handlers"] = [];
   const connectHandler = connectNodeAdapter({
     routes(router) {
-      runtime.routes(router);
+      shoalRoutes(runtime)(router);
       explainRejections(router, runtime.maxRequestBytes);
       routed = router.handlers;
     },

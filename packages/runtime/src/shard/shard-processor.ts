@@ -26,11 +26,11 @@ import {
   type StateWriteSchema,
   sameBytes,
 } from "@shoal/sdk/internal";
+import type { RuntimeMetrics } from "../observe/metrics.js";
+import { RecordEncodingError, type ShardLog } from "../storage/storage.js";
 import type { Clock } from "./clock.js";
-import type { RuntimeMetrics } from "./metrics.js";
 import { createSlot, type Semaphore, type Slot } from "./semaphore.js";
 import { controlHandlers, instanceId, ShardState } from "./shard-state.js";
-import { RecordEncodingError, type ShardLog } from "./storage/storage.js";
 
 /** A registered function type and its handlers. */
 export interface RegisteredFunction {

@@ -3,6 +3,18 @@ import { type FileHandle, mkdir, open, readdir, readFile, rename, stat, unlink }
 import { dirname, join, resolve } from "node:path";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type LogRecord, LogRecordSchema, type ShardSnapshot, ShardSnapshotSchema } from "@shoal/sdk/internal";
+import {
+  type AppendResult,
+  encodeRecords,
+  FencedError,
+  type RecoveredShard,
+  type SequencedRecord,
+  type ShardLog,
+  type StorageBackend,
+  StorageError,
+  type StorageStats,
+} from "../storage.js";
+import { checkShardNumber, checkSnapshot } from "../storage-checks.js";
 import { type DirectoryLock, lockDirectory } from "./directory-lock.js";
 import { describeFsError, fsErrorCode } from "./fs-errors.js";
 import {
@@ -18,18 +30,6 @@ import {
   recordFrameBytes,
   writeRecordFrame,
 } from "./local-format.js";
-import {
-  type AppendResult,
-  encodeRecords,
-  FencedError,
-  type RecoveredShard,
-  type SequencedRecord,
-  type ShardLog,
-  type StorageBackend,
-  StorageError,
-  type StorageStats,
-} from "./storage.js";
-import { checkShardNumber, checkSnapshot } from "./storage-checks.js";
 
 /** Options of {@link createLocalStorage}. */
 export interface LocalStorageOptions {

@@ -5,11 +5,11 @@ import { type ClientHttp2Session, connect as http2Connect } from "node:http2";
 import { connect as netConnect, type Socket } from "node:net";
 import { implement } from "@shoal/sdk";
 import { afterEach, describe, expect, it } from "vitest";
-import { GreeterFunction } from "../../../examples/greeter/src/gen/greeter/v1/greeter_shoal.js";
-import { greeter } from "../../../examples/greeter/src/greeter.js";
-import { createRuntime, type Runtime } from "./runtime.js";
+import { GreeterFunction } from "../../../../examples/greeter/src/gen/greeter/v1/greeter_shoal.js";
+import { greeter } from "../../../../examples/greeter/src/greeter.js";
+import { createRuntime, type Runtime } from "../runtime.js";
+import { createMemoryStorage } from "../storage/memory/memory-storage.js";
 import { type ListenOptions, listen, type RuntimeServer } from "./server.js";
-import { createMemoryStorage } from "./storage/memory-storage.js";
 
 const path = "/greeter.v1.Greeter/Greet";
 let runtime: Runtime | undefined;

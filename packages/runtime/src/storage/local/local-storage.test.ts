@@ -7,12 +7,12 @@ import { fileURLToPath } from "node:url";
 import { create } from "@bufbuild/protobuf";
 import { type LogRecord, LogRecordSchema, ShardSnapshotSchema } from "@shoal/sdk/internal";
 import { afterEach, describe, expect, it } from "vitest";
+import { describeStorageConformance } from "../storage.conformance.js";
+import type { RecoveredShard, StorageBackend } from "../storage.js";
+import { StorageError } from "../storage.js";
 import { createLocalStorage, type LocalStorageOptions } from "./local-storage.js";
-import { describeStorageConformance } from "./storage.conformance.js";
-import type { RecoveredShard, StorageBackend } from "./storage.js";
-import { StorageError } from "./storage.js";
 
-const repositoryRoot = fileURLToPath(new URL("../../../../", import.meta.url));
+const repositoryRoot = fileURLToPath(new URL("../../../../../", import.meta.url));
 const localStorageModule = fileURLToPath(new URL("./local-storage.ts", import.meta.url));
 
 const cleanups: (() => Promise<void>)[] = [];
