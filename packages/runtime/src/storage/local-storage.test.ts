@@ -84,7 +84,7 @@ describe("local storage", () => {
     const directory = await temporaryDirectory();
     await open({ directory });
     await expect(createLocalStorage({ directory })).rejects.toThrow(
-      `storage directory ${directory} is in use by this process (pid ${process.pid})`,
+      `storage directory ${directory} is in use by the process with pid ${process.pid}`,
     );
   });
 
@@ -98,7 +98,9 @@ describe("local storage", () => {
       setInterval(() => {}, 1000);
     `);
     await waitForLine(child, "ready");
-    await expect(createLocalStorage({ directory })).rejects.toThrow(`storage directory ${directory} is in use by pid ${child.pid}`);
+    await expect(createLocalStorage({ directory })).rejects.toThrow(
+      `storage directory ${directory} is in use by the process with pid ${child.pid}`,
+    );
 
     child.kill("SIGKILL");
     await once(child, "exit");
@@ -113,8 +115,30 @@ describe("local storage", () => {
     const directory = await temporaryDirectory();
     const storage = await createLocalStorage({ directory });
     await storage.close();
-    await expect(stat(join(directory, "LOCK"))).rejects.toThrow(/ENOENT/);
+    // The file stays; the OS lock on it is gone, and so is the pid.
+    expect(await readFile(join(directory, "LOCK"), "utf8")).toBe("");
     await (await createLocalStorage({ directory })).close();
+  });
+
+  it("starts again after a SIGKILL as pid 1 in a fresh pid namespace, as a restarted container does", async () => {
+    const directory = await temporaryDirectory();
+    const body = (ids: string) => `
+      const storage = await createLocalStorage({ directory: ${JSON.stringify(directory)} });
+      const log = await storage.openShard(0, "container");
+      for (const id of ${ids}) await log.append([record(id, 10)]).durable;
+      console.log("ready as pid " + process.pid);
+      setInterval(() => {}, 1000);
+    `;
+    for (const round of ["a", "b"]) {
+      const child = startChild(body(JSON.stringify([round])), { pidNamespace: true });
+      await waitForLine(child, "ready as pid 1");
+      // Killing the namespace's pid 1 (not unshare, its parent) is the container's process dying.
+      const [pidOne] = (await readFile(`/proc/${child.pid}/task/${child.pid}/children`, "utf8")).trim().split(" ");
+      process.kill(Number(pidOne), "SIGKILL");
+      await once(child, "exit");
+    }
+    const storage = await open({ directory });
+    expect(ids(await (await storage.openShard(0, "parent")).recover())).toEqual(["a", "b"]);
   });
 
   it("fails the group on a full disk (real ENOSPC on a small tmpfs), keeps what was durable and carries on", async (context) => {
@@ -218,8 +242,8 @@ describe("local storage", () => {
     const path = join(directory, "snapshots", name as string);
     await flipByte(path, 12);
     await expect(createLocalStorage({ directory })).rejects.toThrow(`snapshot ${path} is corrupt: checksum mismatch`);
-    // A failed open leaves no lock behind.
-    await expect(stat(join(directory, "LOCK"))).rejects.toThrow(/ENOENT/);
+    // A failed open leaves no lock behind: the next open fails the same way.
+    await expect(createLocalStorage({ directory })).rejects.toThrow(`snapshot ${path} is corrupt: checksum mismatch`);
   });
 
   it("refuses to open with a damaged frame in a segment that is not the last, naming file and offset", async () => {
@@ -395,7 +419,7 @@ interface Child extends ChildProcess {
  * Runs `body` in a separate Node process (through tsx, from this source tree)
  * with `createLocalStorage` and a `record(id, size)` helper in scope.
  */
-function startChild(body: string, options: { fileSizeLimitBlocks?: number } = {}): Child {
+function startChild(body: string, options: { fileSizeLimitBlocks?: number; pidNamespace?: boolean } = {}): Child {
   const script = `
     const { create } = await import("@bufbuild/protobuf");
     const { LogRecordSchema } = await import("@shoal/sdk/internal");
@@ -407,11 +431,14 @@ function startChild(body: string, options: { fileSizeLimitBlocks?: number } = {}
   `;
   const node = [process.execPath, "--import", "tsx", "--input-type=module", "-e", script];
   const child = (
-    options.fileSizeLimitBlocks === undefined
-      ? spawn(node[0] as string, node.slice(1), { cwd: repositoryRoot })
-      : spawn("/bin/sh", ["-c", `ulimit -f ${options.fileSizeLimitBlocks} && exec "$0" "$@"`, ...node], {
-          cwd: repositoryRoot,
-        })
+    options.pidNamespace === true
+      ? // The child is pid 1 of a new pid namespace (needs root).
+        spawn("unshare", ["--pid", "--fork", "--mount-proc", ...node], { cwd: repositoryRoot })
+      : options.fileSizeLimitBlocks === undefined
+        ? spawn(node[0] as string, node.slice(1), { cwd: repositoryRoot })
+        : spawn("/bin/sh", ["-c", `ulimit -f ${options.fileSizeLimitBlocks} && exec "$0" "$@"`, ...node], {
+            cwd: repositoryRoot,
+          })
   ) as Child;
   child.stdoutText = "";
   child.stderrText = "";

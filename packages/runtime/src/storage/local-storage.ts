@@ -87,8 +87,8 @@ const defaults = {
  *   by a crash, and is cut off; damage anywhere else, or in a snapshot, fails
  *   the open with a `StorageError` naming the file (and byte offset) rather
  *   than losing records silently.
- * - A `LOCK` file holding the pid keeps a second process out; a lock left by
- *   a dead process is taken over.
+ * - An OS lock on the `LOCK` file keeps a second process out; it goes with
+ *   its holder, however that dies (see `directory-lock.ts`).
  *
  * Errors are reported, never printed: the open rejects with `StorageError`
  * naming the directory and the OS error; a failed write or fsync rejects the
