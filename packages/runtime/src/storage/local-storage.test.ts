@@ -313,6 +313,110 @@ describe("local storage", () => {
     }
   });
 
+  it("warns with the bytes dropped when it cuts off a torn tail", async () => {
+    const directory = await temporaryDirectory();
+    const storage = await createLocalStorage({ directory });
+    const log = await storage.openShard(0, "node-a");
+    await log.append([record("a", 100)]).durable;
+    await storage.close();
+    const [segment] = (await segments(directory)) as [string];
+    const size = (await stat(segment)).size;
+    await writeFile(segment, Buffer.alloc(37, 9), { flag: "a" });
+    const warnings: string[] = [];
+    await (await createLocalStorage({ directory, onWarning: (message) => warnings.push(message) })).close();
+    expect(warnings).toEqual([expect.stringContaining(`log segment ${segment}: cut off a torn write of 37 bytes at byte ${size}`)]);
+  });
+
+  describe("refuses to start on damage that would lose acknowledged records, naming the file", () => {
+    /**
+     * Shards 0 and 1 write 40 records over several segments; shard 0 snapshots
+     * after its 30th, shard 1 never, so no segment is dropped.
+     */
+    async function fill(directory: string, options: { snapshotShard1?: boolean } = {}) {
+      const storage = await createLocalStorage({ directory, segmentBytes: 1024 });
+      const logs = [await storage.openShard(0, "node-a"), await storage.openShard(1, "node-a")];
+      for (let i = 0; i < 40; i++) {
+        const result = logs[i % 2]?.append([record(`r${i}`, 100)]);
+        await result?.durable;
+        if (i === 30) await logs[0]?.writeSnapshot(create(ShardSnapshotSchema, { shard: 0, sequence: result?.lastSequence }));
+        if (i === 39 && options.snapshotShard1) {
+          await logs[1]?.writeSnapshot(create(ShardSnapshotSchema, { shard: 1, sequence: result?.lastSequence }));
+          await logs[0]?.writeSnapshot(create(ShardSnapshotSchema, { shard: 0, sequence: result?.lastSequence }));
+        }
+      }
+      await storage.close();
+      return segments(directory);
+    }
+
+    it("a deleted first segment", async () => {
+      const directory = await temporaryDirectory();
+      const [first] = await fill(directory);
+      await rm(first as string);
+      await expect(createLocalStorage({ directory })).rejects.toThrow(`log segment ${first} is missing`);
+    });
+
+    it("a deleted middle segment", async () => {
+      const directory = await temporaryDirectory();
+      const [, middle] = await fill(directory);
+      await rm(middle as string);
+      await expect(createLocalStorage({ directory })).rejects.toThrow(`log segment ${middle} is missing`);
+    });
+
+    it("a deleted last segment", async () => {
+      const directory = await temporaryDirectory();
+      const last = (await fill(directory)).at(-1) as string;
+      await rm(last);
+      await expect(createLocalStorage({ directory })).rejects.toThrow(`log segment ${last} is missing`);
+    });
+
+    it("every segment deleted", async () => {
+      const directory = await temporaryDirectory();
+      const all = await fill(directory);
+      for (const segment of all) await rm(segment);
+      await expect(createLocalStorage({ directory })).rejects.toThrow(`log segment ${all[0]} is missing`);
+    });
+
+    it("a deleted snapshot whose log was already dropped", async () => {
+      const directory = await temporaryDirectory();
+      const [oldest] = await fill(directory, { snapshotShard1: true });
+      const [name] = (await readdir(join(directory, "snapshots"))).filter((n) => n.startsWith("shard-1-"));
+      // The snapshots covered the older segments, which are gone.
+      expect(oldest).not.toMatch(/wal-0+1\.log$/);
+      await rm(join(directory, "snapshots", name as string));
+      await expect(createLocalStorage({ directory })).rejects.toThrow(
+        `the snapshot of shard 1 (${join(directory, "snapshots", "shard-1-*.snap")}) is missing`,
+      );
+    });
+
+    it("a log cut, at a frame boundary, below a snapshot", async () => {
+      const directory = await temporaryDirectory();
+      const storage = await createLocalStorage({ directory });
+      const log = await storage.openShard(0, "node-a");
+      let result = log.append([record("a", 100)]);
+      for (let i = 0; i < 5; i++) result = log.append([record(`b${i}`, 100)]);
+      await result.durable;
+      await log.writeSnapshot(create(ShardSnapshotSchema, { shard: 0, sequence: result.lastSequence }));
+      await storage.close();
+      const [segment] = (await segments(directory)) as [string];
+      const frames = frameOffsets(await readFile(segment));
+      await truncate(segment, frames[2] as number);
+      await expect(createLocalStorage({ directory })).rejects.toThrow(
+        new RegExp(
+          `the log ends at sequence 2 in ${segment}, but snapshot .*shard-0-0+${result.lastSequence}\\.snap is at sequence ${result.lastSequence}`,
+        ),
+      );
+    });
+
+    it("a deleted MANIFEST", async () => {
+      const directory = await temporaryDirectory();
+      await fill(directory);
+      await rm(join(directory, "MANIFEST"));
+      await expect(createLocalStorage({ directory })).rejects.toThrow(
+        `storage directory ${directory} holds data but no ${join(directory, "MANIFEST")}`,
+      );
+    });
+  });
+
   it("keeps only the latest snapshot and ignores an unfinished one", async () => {
     const directory = await temporaryDirectory();
     let storage = await createLocalStorage({ directory });
