@@ -364,6 +364,7 @@ export class ShardProcessor {
       this.host.logBytesWritten() - since.logBytes >= this.host.snapshotLogBytes ||
       this.host.clock.now() - since.atMs >= this.host.snapshotAfterMs
     ) {
+      this.unsnapshotted = undefined;
       this.snapshot(this.lastDurable);
     }
   }
@@ -371,7 +372,6 @@ export class ShardProcessor {
   private snapshot(durable: Promise<void>) {
     this.snapshotting = true;
     this.recordsSinceSnapshot = 0;
-    this.unsnapshotted = undefined;
     this.state.pruneMemos(this.host.clock.now());
     // A journal whose invocation is neither pending nor in flight belongs to a
     // request lost in a crash (its sender retries under the same id soon) or

@@ -756,13 +756,11 @@ class LocalStorage implements StorageBackend {
     // Unlisted first, so that a listed segment that is missing is always damage.
     // If that fails they stay, listed or older than the oldest listed (which
     // the next open deletes).
-    if (
-      !(await this.saveManifest().then(
-        () => true,
-        () => false,
-      ))
-    )
-      return;
+    const unlisted = await this.saveManifest().then(
+      () => true,
+      () => false,
+    );
+    if (!unlisted) return;
     // A failed unlink leaves a segment behind that the next open drops.
     await Promise.all(drop.map((segment) => unlink(segment.path).catch(() => undefined)));
   }
