@@ -23,6 +23,8 @@ export interface ShoalConfig {
   readonly retry: { readonly maxAttempts: number; readonly initialDelayMs: number; readonly maxDelayMs: number };
   readonly memoRetentionMs: number;
   readonly snapshotEvery: number;
+  readonly snapshotLogBytes: number;
+  readonly snapshotAfterMs: number;
   readonly maxConcurrentInvocations: number;
   readonly egress: Readonly<Record<string, { readonly type: "stdout" }>>;
   readonly log: { readonly level: "debug" | "info" | "warn" | "error" | "silent" };
@@ -87,6 +89,8 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd()): S
     "retry",
     "memoRetentionMs",
     "snapshotEvery",
+    "snapshotLogBytes",
+    "snapshotAfterMs",
     "maxConcurrentInvocations",
     "egress",
     "log",
@@ -152,6 +156,8 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd()): S
     },
     memoRetentionMs: integer(root, "memoRetentionMs", "", 24 * 3600_000, 1),
     snapshotEvery: integer(root, "snapshotEvery", "", 10_000, 1),
+    snapshotLogBytes: integer(root, "snapshotLogBytes", "", 128 * 1024 * 1024, 1),
+    snapshotAfterMs: integer(root, "snapshotAfterMs", "", 10 * 60_000, 1),
     maxConcurrentInvocations: integer(root, "maxConcurrentInvocations", "", 1024, 1),
     egress,
     log: { level: level as ShoalConfig["log"]["level"] },

@@ -57,6 +57,12 @@ export interface ShardHost {
   readonly retry: RetryPolicy;
   readonly memoRetentionMs: number;
   readonly snapshotEvery: number;
+  /** Log bytes the node may write after a shard's oldest unsnapshotted record before that shard snapshots. */
+  readonly snapshotLogBytes: number;
+  /** Age of a shard's oldest unsnapshotted record at which it snapshots, in ms. */
+  readonly snapshotAfterMs: number;
+  /** Bytes the node's storage has written so far (0 when it does not count them). */
+  logBytesWritten(): number;
   readonly logger: Logger;
   readonly metrics: RuntimeMetrics;
   /**
@@ -155,6 +161,14 @@ export class ShardProcessor {
   private pendingEgressDelivered: string[] = [];
   private ackFlush: NodeJS.Timeout | undefined;
   private recordsSinceSnapshot = 0;
+  /**
+   * When the oldest record no snapshot covers was written (clock ms and the
+   * node's log bytes then): it pins the log from there on, so the log stays
+   * bounded only if every shard snapshots by bytes and age, not just by count.
+   */
+  private unsnapshotted: { readonly atMs: number; readonly logBytes: number } | undefined;
+  /** The last append's durable promise: a snapshot must not get ahead of it. */
+  private lastDurable: Promise<void> = Promise.resolve();
   private snapshotting = false;
   private failed: Error | undefined;
   private closed = false;
@@ -175,6 +189,7 @@ export class ShardProcessor {
     this.state = recovered.snapshot !== undefined ? ShardState.fromSnapshot(recovered.snapshot) : new ShardState(this.shard);
     for (const { sequence, record } of recovered.records) this.state.apply(record, sequence);
     this.recordsSinceSnapshot = recovered.records.length;
+    if (recovered.records.length > 0) this.unsnapshotted = { atMs: this.host.clock.now(), logBytes: this.host.logBytesWritten() };
   }
 
   /**
@@ -344,9 +359,30 @@ export class ShardProcessor {
     }
     if (commits > 0) this.host.metrics.committed(commits);
     this.recordsSinceSnapshot += records.length;
-    if (this.recordsSinceSnapshot >= this.host.snapshotEvery && !this.snapshotting) this.snapshot(result.durable);
+    this.unsnapshotted ??= { atMs: this.host.clock.now(), logBytes: this.host.logBytesWritten() };
+    this.lastDurable = result.durable;
+    this.snapshotIfDue();
     result.durable.catch((err) => this.fail(err));
     return result.durable;
+  }
+
+  /**
+   * Snapshots when `snapshotEvery` records, `snapshotLogBytes` of the node's
+   * log or `snapshotAfterMs` have passed since the oldest record no snapshot
+   * covers. The node also calls it periodically, for idle shards that pin old
+   * log segments.
+   */
+  snapshotIfDue(): void {
+    const since = this.unsnapshotted;
+    if (since === undefined || this.snapshotting || this.closed || this.failed !== undefined) return;
+    if (
+      this.recordsSinceSnapshot >= this.host.snapshotEvery ||
+      this.host.logBytesWritten() - since.logBytes >= this.host.snapshotLogBytes ||
+      this.host.clock.now() - since.atMs >= this.host.snapshotAfterMs
+    ) {
+      this.unsnapshotted = undefined;
+      this.snapshot(this.lastDurable);
+    }
   }
 
   private snapshot(durable: Promise<void>) {
