@@ -6,11 +6,13 @@
 // - "cycle": transfer "t1" waits until transfer "t2" awaits its deposit call,
 //   so t1's call closes a wait-for cycle whenever it asks its callee again;
 // - "sigterm": deposits of transfers "held-*" never finish (their transfers
-//   await them until the runtime stops), and a deposit "ping" sends itself
-//   again and again, so its shard always has deliveries to record when it
-//   closes (and so closes a moment after a shard that has none).
+//   await them until the runtime stops), and a deposit "ping" emits to the
+//   stdout egress, so its shard has a delivery to record for a moment after
+//   the line appears (and a shard closing then closes a moment after one that
+//   has none).
 import { implement, module } from "@shoal/sdk";
 import { account } from "../../examples/bank/src/account.js";
+import { BalanceSchema } from "../../examples/bank/src/gen/bank/v1/account_pb.js";
 import { AccountFunction } from "../../examples/bank/src/gen/bank/v1/account_shoal.js";
 
 const phase = process.env.SHOAL_TEST_PHASE ?? "";
@@ -27,7 +29,7 @@ export default module(
       }
       if (phase === "sigterm" && req.transferId === "ping") {
         ctx.state.balance += req.amount;
-        ctx.send(AccountFunction, { delay: 2 }).deposit({ account: req.account, amount: 1n, transferId: "ping" });
+        ctx.egress("stdout", BalanceSchema, { balance: ctx.state.balance });
         return { balance: ctx.state.balance };
       }
       return account.deposit(req, ctx);
