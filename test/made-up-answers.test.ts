@@ -139,7 +139,8 @@ function storageFailingOnce(key: string): StorageBackend {
   };
 }
 
-it("storage failure at the callee's shard: the caller commits nothing and the retry gets the callee's reply", async () => {
+/** A bank whose `to` account's shard fails to make its first deposit durable; a funded `from` on another shard. */
+async function bankWithFailingReceiver(maxAttempts: number) {
   const shards = 4;
   const from = "from";
   const shardOfAccount = (k: string) => shardOf(AccountFunction.typeName, k, shards);
@@ -150,6 +151,7 @@ it("storage failure at the callee's shard: the caller commits nothing and the re
     storage: storageFailingOnce(to),
     shards,
     logger: "silent",
+    retry: { maxAttempts, initialDelayMs: 100 },
   });
   await runtime.start();
   const server = await listen(runtime, { host: "127.0.0.1", port: 0 });
@@ -160,19 +162,38 @@ it("storage failure at the callee's shard: the caller commits nothing and the re
   const client = bankClient(server.url);
   await client.deposit({ account: from, amount: 100n }, { idempotencyKey: "seed" });
   const transfer = { account: from, to, amount: 30n, transferId: "t" };
+  const appliedOnce = async () => {
+    const sender = await ledgerOf(client, from);
+    const receiver = await ledgerOf(client, to);
+    expect(sender.entries.get("t")).toEqual([-30n]);
+    expect(receiver.entries.get("t")).toEqual([30n]);
+    expect([sender.balance, receiver.balance]).toEqual([70n, 30n]);
+  };
+  return { client, transfer, appliedOnce };
+}
+
+it("storage failure at the callee's shard: the caller commits nothing and the client's retry gets the callee's reply", async () => {
+  // One attempt: the caller gives up at once and leaves the retry to the client.
+  const { client, transfer, appliedOnce } = await bankWithFailingReceiver(1);
 
   // The deposit's commit fails: its reply is unknown, so the transfer must not commit one.
   const failed = await client.transfer(transfer, { idempotencyKey: "t" }).catch(errorOf);
   expect(failed).toBeInstanceOf(ConnectError);
   expect((failed as ConnectError).code).toBe(Code.Unavailable);
+  expect((failed as ConnectError).rawMessage).toMatch(
+    /^bank\.v1\.Account\.Transfer: nothing was committed, a call got no reply: .*storage failed/,
+  );
 
   // Once the shard recovers, the deposit turns out committed: the retry completes the transfer.
   expect(await retried(() => client.transfer(transfer, { idempotencyKey: "t" }))).toMatchObject({ transferId: "t", balance: 70n });
-  const sender = await ledgerOf(client, from);
-  const receiver = await ledgerOf(client, to);
-  expect(sender.entries.get("t")).toEqual([-30n]);
-  expect(receiver.entries.get("t")).toEqual([30n]);
-  expect([sender.balance, receiver.balance]).toEqual([70n, 30n]);
+  await appliedOnce();
+});
+
+it("storage failure at the callee's shard: the caller asks again and answers with the callee's reply", async () => {
+  // 100 + 200 + ... ms between attempts: the shard recovers (from 200 ms on) before they run out.
+  const { client, transfer, appliedOnce } = await bankWithFailingReceiver(8);
+  expect(await client.transfer(transfer, { idempotencyKey: "t" })).toMatchObject({ transferId: "t", balance: 70n });
+  await appliedOnce();
 });
 
 it("SIGTERM while transfers await their deposits: nothing is committed for them, and their retries apply each once", {

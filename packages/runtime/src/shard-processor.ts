@@ -499,7 +499,7 @@ export class ShardProcessor {
     const why = reason instanceof Error ? reason.message : String(reason);
     this.host.logger.warn(`shard ${this.shard}: invocation ${envelope.id} was interrupted; nothing was committed`, { error: why });
     const unavailable = new ShardUnavailableError(
-      `${envelope.target?.type ?? "?"}.${envelope.handler}: ${why}; nothing was committed, retry (with the same Idempotency-Key)`,
+      `${envelope.target?.type ?? "?"}.${envelope.handler}: nothing was committed, a call got no reply: ${why}`,
     );
     const waiters = this.waiters.get(envelope.id) ?? [];
     this.waiters.delete(envelope.id);
@@ -632,8 +632,10 @@ export class ShardProcessor {
         },
       });
       await slot.acquire();
-      if (outcome.status !== "retry") break;
+      if (outcome.status !== "retry" && outcome.status !== "interrupted") break;
       journal = outcome.journal;
+      // A call that got no reply is asked again a few times here, then left to the sender to retry.
+      if (outcome.status === "interrupted" && attempt >= maxAttempts) return { interrupted: outcome.error };
       if (attempt >= maxAttempts) {
         const message = outcome.error instanceof Error ? outcome.error.message : String(outcome.error);
         log.error(`handler failed after ${attempt} attempts`, { error: message });
@@ -644,13 +646,13 @@ export class ShardProcessor {
       }
       this.host.metrics.invocationRetried(fn.typeName, info.name);
       const delay = Math.min(maxDelayMs, initialDelayMs * 2 ** (attempt - 1));
-      log.warn(`handler failed, retrying in ${delay} ms (attempt ${attempt} of ${maxAttempts})`, { error: String(outcome.error) });
+      const failed = outcome.status === "interrupted" ? "a call got no reply" : "handler failed";
+      log.warn(`${failed}, retrying in ${delay} ms (attempt ${attempt} of ${maxAttempts})`, { error: String(outcome.error) });
       slot.release();
       await new Promise<void>((resolve) => setTimeout(resolve, delay));
       await slot.acquire();
       if (this.failed !== undefined || this.closed) return { interrupted: new ShardUnavailableError(`shard ${this.shard} stopped`) };
     }
-    if (outcome.status === "interrupted") return { interrupted: outcome.error };
     if (outcome.status === "suspended") {
       // The embedded invoker always awaits calls inline; suspension is for remote functions.
       return { reply: errorReply(Code.Internal, `${fn.typeName}.${info.name} suspended in the embedded invoker`), commit: {} };
