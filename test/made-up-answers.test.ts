@@ -7,9 +7,9 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { createMemoryStorage, createRuntime, listen, type StorageBackend } from "@shoal/runtime";
+import { createLocalStorage, createMemoryStorage, createRuntime, listen, type StorageBackend } from "@shoal/runtime";
 import { shardOf } from "@shoal/runtime/internal";
 import { implement } from "@shoal/sdk";
 import { afterEach, expect, it } from "vitest";
@@ -109,6 +109,51 @@ it("a transfer retried after a crash and a snapshot gets its deposit's committed
   expect(x.entries.get("t2")).toEqual([5n]);
   expect(y.entries.get("t2")).toEqual([-5n]);
   expect([x.balance, y.balance]).toEqual([75n, 125n]);
+});
+
+it("a snapshot keeps the call results of an invocation whose request was lost, for the client's retry", async () => {
+  const dir = tempDir();
+  let hang = true;
+  let deposited: () => void = () => {};
+  const depositDone = new Promise<void>((resolve) => (deposited = resolve));
+  const functions = [
+    implement(AccountFunction, {
+      ...account,
+      async transfer(req, ctx) {
+        const result = await account.transfer(req, ctx);
+        if (hang) {
+          deposited();
+          await new Promise<never>(() => {});
+        }
+        return result;
+      },
+    }),
+  ];
+  const boot = async () => {
+    const storage = await createLocalStorage({ directory: dir });
+    const runtime = createRuntime({ functions, storage, shards: 1, snapshotEvery: 1, logger: "silent" });
+    await runtime.start();
+    const journals = () => runtime.status().reduce((n, s) => n + s.journals, 0);
+    return { runtime, journals, client: createAccountClient(createRouterTransport(runtime.routes)) };
+  };
+  const t1 = { account: "x", to: "y", amount: 30n, transferId: "t1" };
+  const before = await boot();
+  await before.client.deposit({ account: "x", amount: 100n });
+  const first = before.client.transfer(t1, { idempotencyKey: "t1" }).catch(errorOf);
+  await depositDone;
+  expect(before.journals()).toBe(1);
+  await before.runtime.close();
+  expect(await first).toMatchObject({ code: Code.Unavailable });
+
+  hang = false;
+  const after = await boot();
+  cleanups.push(() => after.runtime.close());
+  // A commit writes a snapshot; the transfer's request is gone (only its client has it).
+  await after.client.deposit({ account: "z", amount: 1n });
+  expect(after.journals()).toBe(1);
+  expect(await after.client.transfer(t1, { idempotencyKey: "t1" })).toMatchObject({ transferId: "t1", balance: 70n });
+  expect(after.journals()).toBe(0);
+  expect((await ledgerOf(after.client, "y")).entries.get("t1")).toEqual([30n]);
 });
 
 /** The memory store, where the first commit writing `key`'s state reaches the log but its durability fails. */
