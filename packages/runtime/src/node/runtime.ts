@@ -132,7 +132,8 @@ export interface NodeRuntime {
   /**
    * Accepts a message and resolves with its reply once committed. An
    * in-process caller may pass the request decoded, and gets the reply
-   * message as `output` when it succeeded.
+   * message as `output` when it succeeded. Rejects with ShardUnavailableError
+   * when the reply cannot be had now (nothing committed it): retry then.
    */
   request(envelope: Envelope, decodedRequest?: Message): Promise<Answer>;
   /** Accepts a one-way message; resolves once it is durable. */
@@ -214,6 +215,7 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
       }
       return runtime.request(envelope).then((answer) => answer.reply);
     },
+    heldCall: (envelope) => processorFor(shardFor(envelope)).heldCall(envelope),
     deliver(envelope) {
       const target = envelope.target;
       if (target === undefined) return Promise.reject(new Error(`outbox envelope ${envelope.id} has no target`));
@@ -303,7 +305,7 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
       return new Promise<Answer>((resolve, reject) => {
         try {
           processorFor(shardFor(envelope))
-            .submit(envelope, (reply, output) => resolve({ reply, output }), decodedRequest)
+            .submit(envelope, (reply, output) => (reply instanceof Error ? reject(reply) : resolve({ reply, output })), decodedRequest)
             .catch(() => {
               // the waiter hears of storage failures
             });
