@@ -4,7 +4,7 @@
 // committed reply is final. Each test runs a bank transfer (withdraw here,
 // deposit there with a call) into one of those conditions, then retries it
 // with its Idempotency-Key and checks it is applied exactly once on both sides.
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
@@ -60,8 +60,8 @@ async function ledgerOf(client: AccountClient, name: string) {
 const interruptedBank = `${repoRoot}test/support/interrupted-bank.ts`;
 
 /** Runs `shoal dev` on the bank with test hooks (see interrupted-bank.ts). */
-async function startHookedBank(phase: string, args: string[]): Promise<Child> {
-  const child = start(process.execPath, [shoalBin, "dev", interruptedBank, ...args], { env: { SHOAL_TEST_PHASE: phase } });
+async function startHookedBank(phase: string, args: string[], env: Record<string, string> = {}): Promise<Child> {
+  const child = start(process.execPath, [shoalBin, "dev", interruptedBank, ...args], { env: { SHOAL_TEST_PHASE: phase, ...env } });
   cleanups.push(() => {
     child.process.kill("SIGKILL");
   });
@@ -111,7 +111,7 @@ it("a transfer retried after a crash and a snapshot gets its deposit's committed
   expect([x.balance, y.balance]).toEqual([75n, 125n]);
 });
 
-it("a snapshot keeps the call results of an invocation whose request was lost, for the client's retry", async () => {
+it("an invocation whose call left before the node stopped is resumed from the log, with its call's reply", async () => {
   const dir = tempDir();
   let hang = true;
   let deposited: () => void = () => {};
@@ -148,9 +148,9 @@ it("a snapshot keeps the call results of an invocation whose request was lost, f
   hang = false;
   const after = await boot();
   cleanups.push(() => after.runtime.close());
-  // A commit writes a snapshot; the transfer's request is gone (only its client has it).
+  // The request was logged before its call left: recovery runs it again with the
+  // deposit's reply from its journal, and its commit (and snapshot) drops the journal.
   await after.client.deposit({ account: "z", amount: 1n });
-  expect(after.journals()).toBe(1);
   expect(await after.client.transfer(t1, { idempotencyKey: "t1" })).toMatchObject({ transferId: "t1", balance: 70n });
   expect(after.journals()).toBe(0);
   expect((await ledgerOf(after.client, "y")).entries.get("t1")).toEqual([30n]);
@@ -282,4 +282,68 @@ it("SIGTERM while transfers await their deposits: nothing is committed for them,
     expect((await ledgerOf(client, t.account)).entries.get(t.transferId)).toEqual([-t.amount]);
     expect((await ledgerOf(client, t.to)).entries.get(t.transferId)).toEqual([t.amount]);
   }
+});
+
+// A request is held in memory until its commit, but once its call has left
+// and the callee committed, the invocation must survive a crash as it was:
+// re-run first on its instance, on the state it saw. Otherwise a later
+// message moves the state on and the re-run decides otherwise (here: refuses
+// the transfer for a balance another one lowered) while its deposit stays.
+it("a transfer whose deposit committed before a crash runs again before later transfers from its account", {
+  timeout: 60_000,
+}, async () => {
+  const port = await freePort();
+  const args = ["--port", String(port), "--data-dir", tempDir(), "--shards", "1", "--log-level", "error"];
+  let node = await startHookedBank("hang", args);
+  const client = bankClient(`http://127.0.0.1:${port}`);
+  await client.deposit({ account: "x", amount: 40n }, { idempotencyKey: "seed-x" });
+  const t1 = { account: "x", to: "y", amount: 35n, transferId: "t1" };
+  const first = client.transfer(t1, { idempotencyKey: "t1" }).catch(errorOf);
+  await node.waitFor(/deposited t1/);
+  await client.deposit({ account: "z", amount: 1n });
+  node.process.kill("SIGKILL");
+  await node.exited;
+  expect(await first).toBeInstanceOf(ConnectError);
+
+  node = await startHookedBank("", args);
+  // Another transfer from x reaches the node before t1's retry does.
+  const t2 = await retried(() => client.transfer({ account: "x", to: "w", amount: 10n, transferId: "t2" }, { idempotencyKey: "t2" }));
+  expect(await retried(() => client.transfer(t1, { idempotencyKey: "t1" }))).toMatchObject({ transferId: "t1", balance: 5n });
+  expect(t2).toMatchObject({ code: Code.FailedPrecondition, rawMessage: "balance 5 is below 10" });
+  const x = await ledgerOf(client, "x");
+  const y = await ledgerOf(client, "y");
+  expect(x.entries.get("t1")).toEqual([-35n]);
+  expect(y.entries.get("t1")).toEqual([35n]);
+  expect([x.balance, y.balance]).toEqual([5n, 35n]);
+});
+
+it("after a crash, a transfer whose deposit committed runs again before a message logged behind it", {
+  timeout: 60_000,
+}, async () => {
+  const port = await freePort();
+  const gate = join(tempDir(), "gate");
+  const args = ["--port", String(port), "--data-dir", tempDir(), "--shards", "1", "--log-level", "error"];
+  let node = await startHookedBank("queue", args, { SHOAL_TEST_GATE: gate });
+  const client = bankClient(`http://127.0.0.1:${port}`);
+  await client.deposit({ account: "x", amount: 40n }, { idempotencyKey: "seed-x" });
+  const t1 = { account: "x", to: "y", amount: 35n, transferId: "t1" };
+  const first = client.transfer(t1, { idempotencyKey: "t1" }).catch(errorOf);
+  await node.waitFor(/t1 started/);
+  // Logged (and so durable) before t1's call leaves, queued behind t1 on x.
+  await client.send.withdraw({ account: "x", amount: 10n });
+  writeFileSync(gate, "");
+  await node.waitFor(/deposited t1/);
+  await client.deposit({ account: "z", amount: 1n });
+  node.process.kill("SIGKILL");
+  await node.exited;
+  expect(await first).toBeInstanceOf(ConnectError);
+
+  node = await startHookedBank("", args);
+  expect(await retried(() => client.transfer(t1, { idempotencyKey: "t1" }))).toMatchObject({ transferId: "t1", balance: 5n });
+  const x = await ledgerOf(client, "x");
+  const y = await ledgerOf(client, "y");
+  expect(x.entries.get("t1")).toEqual([-35n]);
+  expect(y.entries.get("t1")).toEqual([35n]);
+  // The withdrawal ran after t1 and found 5, below its 10.
+  expect([x.balance, y.balance]).toEqual([5n, 35n]);
 });

@@ -9,7 +9,11 @@
 //   await them until the runtime stops), and a deposit "ping" emits to the
 //   stdout egress, so its shard has a delivery to record for a moment after
 //   the line appears (and a shard closing then closes a moment after one that
-//   has none).
+//   has none);
+// - "queue": transfer "t1" says "t1 started" and waits for the file named by
+//   SHOAL_TEST_GATE before it makes its call, so the test can queue a message
+//   behind it first; then it hangs as in "hang".
+import { existsSync } from "node:fs";
 import { implement, module } from "@shoal/sdk";
 import { account } from "../../examples/bank/src/account.js";
 import { BalanceSchema } from "../../examples/bank/src/gen/bank/v1/account_pb.js";
@@ -35,7 +39,12 @@ export default module(
       return account.deposit(req, ctx);
     },
     async transfer(req, ctx) {
-      if (phase === "hang" && req.transferId === "t1") {
+      if (phase === "queue" && req.transferId === "t1") {
+        process.stdout.write("t1 started\n");
+        const gate = process.env.SHOAL_TEST_GATE ?? "";
+        while (!existsSync(gate)) await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      if ((phase === "hang" || phase === "queue") && req.transferId === "t1") {
         await account.transfer(req, ctx);
         process.stdout.write(`deposited ${req.transferId}\n`);
         return await new Promise<never>(() => {});

@@ -232,7 +232,12 @@ export class ShardProcessor {
   resumeProcessing(): void {
     for (const instance of this.state.instances.values())
       if (instance.expiresAtMs > 0) this.armExpiry(instance.type, instance.key, instance.expiresAtMs);
-    for (const envelope of this.state.pending.values()) {
+    // An invocation that was awaiting a call when the node stopped runs again
+    // before anything queued behind it on its instance, so that it sees the
+    // state it saw before its call left (see `makeDurableBeforeCall`).
+    const pending = [...this.state.pending.values()];
+    const inProgress = (e: Envelope) => e.replyTo !== undefined && e.deliverAtMs === 0n;
+    for (const envelope of [...pending.filter(inProgress), ...pending.filter((e) => !inProgress(e))]) {
       const memoId = memoIdOf(envelope);
       if (memoId !== undefined) this.inflight.set(memoId, envelope.id);
       this.schedule(envelope);
@@ -685,16 +690,18 @@ export class ShardProcessor {
             if (waits && this.host.waitsFor.get(selfId) === targetId) this.host.waitsFor.delete(selfId);
             return slot.acquire();
           };
-          return this.host.call(callEnvelope).then(
-            async (reply) => {
-              await done();
-              return reply;
-            },
-            async (err) => {
-              await done();
-              throw err;
-            },
-          );
+          return this.makeDurableBeforeCall(envelope)
+            .then(() => this.host.call(callEnvelope))
+            .then(
+              async (reply) => {
+                await done();
+                return reply;
+              },
+              async (err) => {
+                await done();
+                throw err;
+              },
+            );
         },
       });
       await slot.acquire();
@@ -900,6 +907,26 @@ export class ShardProcessor {
       () => this.released(envelope, reply, commit, output),
       () => {},
     );
+  }
+
+  /**
+   * A request whose sender awaits the reply is kept in memory only, until its
+   * commit: if the node dies, the sender retries. That stops holding once a
+   * call leaves: the callee may commit, and the re-run after a crash must
+   * then find the invocation still in progress, and run before anything
+   * queued behind it on its instance, or it would decide anew on a state that
+   * has moved on (a transfer refused for a balance a later one lowered, its
+   * deposit applied all the same). So the request is logged before its first
+   * call leaves, and `resumeProcessing` resumes it first.
+   */
+  private makeDurableBeforeCall(envelope: Envelope): Promise<void> {
+    if (!this.volatile.delete(envelope.id)) return Promise.resolve();
+    if (envelope.payload.length === 0) envelope.payload = this.requestBytes(envelope);
+    try {
+      return this.append([create(LogRecordSchema, { kind: { case: "input", value: { envelope } } })]);
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   /** The request's bytes, for a dead letter (an ingress request travels decoded). */
