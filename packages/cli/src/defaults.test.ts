@@ -46,6 +46,8 @@ describe("the table of defaults", () => {
       retry: { ...defaults.retry },
       memoRetentionMs: defaults.memoRetentionMs,
       snapshotEvery: defaults.snapshotEvery,
+      snapshotLogBytes: defaults.snapshotLogBytes,
+      snapshotAfterMs: defaults.snapshotAfterMs,
       maxConcurrentInvocations: defaults.maxConcurrentInvocations,
       egress: {},
       log: { level: defaults.logLevel },

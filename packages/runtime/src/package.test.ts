@@ -32,7 +32,14 @@ function importedPackages(): Set<string> {
 
 describe("@shoal/runtime's package", () => {
   it("depends on what a serving node needs, not on the CLI's tooling", () => {
-    expect(Object.keys(manifest.dependencies).sort()).toEqual(["@connectrpc/connect-node", "@shoal/sdk", "pino", "prom-client", "yaml"]);
+    expect(Object.keys(manifest.dependencies).sort()).toEqual([
+      "@connectrpc/connect-node",
+      "@shoal/sdk",
+      "fs-ext",
+      "pino",
+      "prom-client",
+      "yaml",
+    ]);
     for (const tool of ["commander", "ts-morph", "tsx"]) expect(manifest.dependencies).not.toHaveProperty(tool);
   });
 

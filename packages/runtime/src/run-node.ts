@@ -71,6 +71,8 @@ export async function startNode(config: ShoalConfig, functions: ShoalModule, opt
       retry: config.retry,
       memoRetentionMs: config.memoRetentionMs,
       snapshotEvery: config.snapshotEvery,
+      snapshotLogBytes: config.snapshotLogBytes,
+      snapshotAfterMs: config.snapshotAfterMs,
       maxConcurrentInvocations: config.maxConcurrentInvocations,
       maxRequestBytes: config.ingress.maxRequestBytes,
       ignoreUnknownJsonFields: config.ingress.ignoreUnknownJsonFields,

@@ -66,6 +66,9 @@ export interface InvocationEffects {
  * - `suspended`: it awaits calls the invoker chose not to run inline (remote
  *   functions); re-run it with their results in the journal.
  * - `retry`: it threw something else; run it again later with the same journal.
+ * - `interrupted`: `issueCall` rejected, so a call's reply is unknown (the
+ *   runtime could not get the callee's committed reply). Whatever the handler
+ *   made of that, nothing may commit: run it again once the callee answers.
  */
 export type InvocationOutcome =
   | {
@@ -79,7 +82,8 @@ export type InvocationOutcome =
       readonly poison?: true;
     }
   | { readonly status: "suspended"; readonly pending: readonly OutgoingCall[]; readonly journal: readonly CallResult[] }
-  | { readonly status: "retry"; readonly error: unknown; readonly journal: readonly CallResult[] };
+  | { readonly status: "retry"; readonly error: unknown; readonly journal: readonly CallResult[] }
+  | { readonly status: "interrupted"; readonly error: unknown; readonly journal: readonly CallResult[] };
 
 /** Everything needed to run one handler on one message. */
 export interface InvocationRequest {
@@ -111,7 +115,9 @@ export interface InvocationRequest {
   /**
    * Runs a call that is not in the journal. Return its reply (the embedded
    * invoker awaits the callee), or `"suspend"` to end this run and re-run once
-   * the reply is known (remote functions).
+   * the reply is known (remote functions). Resolve only with the callee's
+   * committed reply (or an answer that is final for this call id); reject
+   * when the reply is unknown: the outcome is then `interrupted`.
    */
   readonly issueCall: (call: OutgoingCall) => Promise<Reply> | "suspend";
 }
@@ -160,6 +166,8 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
   const cancels: CancellationToken[] = [];
   const egress: OutgoingEgress[] = [];
   let callCount = 0;
+  // Set when a call's reply could not be had: the handler may catch the error, but its result must not commit.
+  let interrupted: { error: unknown } | undefined;
   let suspended = false;
   let rejectSuspension: (reason: Suspended) => void = () => {};
   let suspension: Promise<never> | undefined;
@@ -272,7 +280,12 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
         }
         return new Promise<Message>(() => {});
       }
-      reply = await issued;
+      try {
+        reply = await issued;
+      } catch (err) {
+        interrupted ??= { error: err };
+        throw err;
+      }
       journal[n] = create(CallResultSchema, { callId, target: address, handler: info.name, requestHash: hash, reply });
     }
     if (reply.result.case === "ok") return fromBinary(info.method.output, reply.result.value);
@@ -344,12 +357,14 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
     result = suspension !== undefined ? await Promise.race([ran, suspension]) : await ran;
   } catch (err) {
     if (err instanceof Suspended) return { status: "suspended", pending, journal };
+    if (interrupted !== undefined) return { status: "interrupted", error: interrupted.error, journal };
     if (err instanceof ShoalError) return { status: "done", reply: errorReply(err.code, err.message), effects: noEffects, journal };
     if (err instanceof NonDeterminismError)
       return { status: "done", reply: errorReply(Code.Internal, err.message), effects: noEffects, journal };
     return { status: "retry", error: err, journal };
   }
   if (suspended) return { status: "suspended", pending, journal };
+  if (interrupted !== undefined) return { status: "interrupted", error: interrupted.error, journal };
 
   let replyPayload: Uint8Array;
   let output: Message;

@@ -263,9 +263,9 @@ export async function runHandler<F extends AnyFunctionType, K extends keyof Meth
     );
   }
   if (invalid[0] !== undefined) throw new Error(invalid[0]);
-  if (outcome.status === "suspended") {
-    // issueCall never suspends; a suspension would be a bug of this helper.
-    throw new Error(`runHandler: ${fn.typeName}.${info.name} suspended unexpectedly`);
+  if (outcome.status === "suspended" || outcome.status === "interrupted") {
+    // issueCall never suspends, and rejects only for an invalid canned reply (reported above).
+    throw new Error(`runHandler: ${fn.typeName}.${info.name} ${outcome.status} unexpectedly`);
   }
 
   const keptState = stateSchema !== undefined && initialState !== undefined ? fromBinary(stateSchema, initialState) : undefined;

@@ -24,6 +24,8 @@ export interface ShoalConfig {
   readonly retry: { readonly maxAttempts: number; readonly initialDelayMs: number; readonly maxDelayMs: number };
   readonly memoRetentionMs: number;
   readonly snapshotEvery: number;
+  readonly snapshotLogBytes: number;
+  readonly snapshotAfterMs: number;
   readonly maxConcurrentInvocations: number;
   readonly egress: Readonly<Record<string, { readonly type: "stdout" }>>;
   readonly log: { readonly level: "debug" | "info" | "warn" | "error" | "silent" };
@@ -88,6 +90,8 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd()): S
     "retry",
     "memoRetentionMs",
     "snapshotEvery",
+    "snapshotLogBytes",
+    "snapshotAfterMs",
     "maxConcurrentInvocations",
     "egress",
     "log",
@@ -153,6 +157,8 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd()): S
     },
     memoRetentionMs: integer(root, "memoRetentionMs", "", defaults.memoRetentionMs, 1),
     snapshotEvery: integer(root, "snapshotEvery", "", defaults.snapshotEvery, 1),
+    snapshotLogBytes: integer(root, "snapshotLogBytes", "", defaults.snapshotLogBytes, 1),
+    snapshotAfterMs: integer(root, "snapshotAfterMs", "", defaults.snapshotAfterMs, 1),
     maxConcurrentInvocations: integer(root, "maxConcurrentInvocations", "", defaults.maxConcurrentInvocations, 1),
     egress,
     log: { level: level as ShoalConfig["log"]["level"] },

@@ -14,6 +14,10 @@ export const defaults = {
   memoRetentionMs: 24 * 3600_000,
   /** Records after which a shard writes a snapshot. */
   snapshotEvery: 10_000,
+  /** Bytes of log the node may write after a shard's oldest record no snapshot covers before that shard writes a snapshot (128 MiB, two segments of the local store). */
+  snapshotLogBytes: 128 * 1024 * 1024,
+  /** Age of a shard's oldest record no snapshot covers at which it writes one, in ms (10 minutes). */
+  snapshotAfterMs: 10 * 60_000,
   /** Log level of the default logger (JSON lines on stderr). */
   logLevel: "info",
   ingress: {

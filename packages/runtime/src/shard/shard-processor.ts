@@ -57,6 +57,12 @@ export interface ShardHost {
   readonly retry: RetryPolicy;
   readonly memoRetentionMs: number;
   readonly snapshotEvery: number;
+  /** Log bytes the node may write after a shard's oldest unsnapshotted record before that shard snapshots. */
+  readonly snapshotLogBytes: number;
+  /** Age of a shard's oldest unsnapshotted record at which it snapshots, in ms. */
+  readonly snapshotAfterMs: number;
+  /** Bytes the node's storage has written so far (0 when it does not count them). */
+  logBytesWritten(): number;
   readonly logger: Logger;
   readonly metrics: RuntimeMetrics;
   /**
@@ -67,8 +73,17 @@ export interface ShardHost {
   invocationLogger(fields: Record<string, unknown>): Logger;
   lookup(typeName: string): RegisteredFunction | undefined;
   shardOf(type: string, key: string): number;
-  /** Runs a call at its target and resolves with the callee's committed reply. */
+  /**
+   * Runs a call at its target and resolves with the callee's committed reply;
+   * rejects when that reply cannot be had now (the callee's shard is shutting
+   * down, failed or not open), which never means the callee did not commit.
+   */
   call(envelope: Envelope): Promise<Reply>;
+  /**
+   * What the callee's shard holds for a call: its kept reply, or the call
+   * still to run. Throws ShardUnavailableError when the shard is not open.
+   */
+  heldCall(envelope: Envelope): "kept" | "inflight" | undefined;
   /** Hands an outbox envelope to its target shard; resolves once the target has it durably. */
   deliver(envelope: Envelope): Promise<void>;
   /** Whether an egress of this name is configured. */
@@ -79,8 +94,12 @@ export interface ShardHost {
   storageFailed(shard: number, error: unknown): void;
 }
 
-/** Receives the reply of an accepted message once its commit is durable. */
-export type ReplyWaiter = (reply: Reply, output?: Message) => void;
+/**
+ * Receives the reply of an accepted message once its commit is durable, or a
+ * ShardUnavailableError when the shard stops or gives up the message before
+ * it commits: then the reply is unknown, and the sender retries.
+ */
+export type ReplyWaiter = (reply: Reply | ShardUnavailableError, output?: Message) => void;
 
 /** What an invocation commits besides its reply, before sequences are assigned. */
 interface PendingEffects {
@@ -102,7 +121,10 @@ interface Mailbox {
   running: boolean;
 }
 
-/** Thrown by `submit` when the shard cannot accept messages. */
+/**
+ * The shard cannot accept a message or cannot get a reply now; nothing was
+ * committed for it by the runtime, so a retry (same key or call id) is safe.
+ */
 export class ShardUnavailableError extends Error {
   override name = "ShardUnavailableError";
 }
@@ -155,6 +177,18 @@ export class ShardProcessor {
   private pendingEgressDelivered: string[] = [];
   private ackFlush: NodeJS.Timeout | undefined;
   private recordsSinceSnapshot = 0;
+  /**
+   * When the oldest record no snapshot covers was written (clock ms and the
+   * node's log bytes then): it pins the log from there on, so the log stays
+   * bounded only if every shard snapshots by bytes and age, not just by count.
+   */
+  private unsnapshotted: { readonly atMs: number; readonly logBytes: number } | undefined;
+  /** The last append's durable promise: a snapshot must not get ahead of it. */
+  private lastDurable: Promise<void> = Promise.resolve();
+  /** Journal (invocation id) -> when a snapshot first found its invocation neither pending nor in flight. */
+  private readonly orphanedSince = new Map<string, number>();
+  /** Pending message id -> how often its invocation was interrupted in a row. */
+  private readonly interruptions = new Map<string, number>();
   private snapshotting = false;
   private failed: Error | undefined;
   private closed = false;
@@ -175,6 +209,7 @@ export class ShardProcessor {
     this.state = recovered.snapshot !== undefined ? ShardState.fromSnapshot(recovered.snapshot) : new ShardState(this.shard);
     for (const { sequence, record } of recovered.records) this.state.apply(record, sequence);
     this.recordsSinceSnapshot = recovered.records.length;
+    if (recovered.records.length > 0) this.unsnapshotted = { atMs: this.host.clock.now(), logBytes: this.host.logBytesWritten() };
   }
 
   /**
@@ -304,6 +339,19 @@ export class ShardProcessor {
     return this.state.pending.get(id) ?? this.volatile.get(id);
   }
 
+  /** Whether this shard keeps a reply for a message (its memo), or has it still to run. */
+  heldCall(envelope: Envelope): "kept" | "inflight" | undefined {
+    if (this.failed !== undefined || this.closed) throw new ShardUnavailableError(`shard ${this.shard} is not open`);
+    const memoId = memoIdOf(envelope);
+    if (memoId !== undefined) {
+      const memo = this.state.memos.get(memoId);
+      if (memo !== undefined && !(memo.expiresAtMs > 0n && memo.expiresAtMs < BigInt(this.host.clock.now()))) return "kept";
+      const inflightId = this.inflight.get(memoId);
+      if (inflightId !== undefined && this.pendingEnvelope(inflightId) !== undefined) return "inflight";
+    }
+    return this.pendingEnvelope(envelope.id) !== undefined ? "inflight" : undefined;
+  }
+
   private mismatch(envelope: Envelope): Reply {
     if (envelope.callId !== "") {
       return errorReply(
@@ -344,19 +392,52 @@ export class ShardProcessor {
     }
     if (commits > 0) this.host.metrics.committed(commits);
     this.recordsSinceSnapshot += records.length;
-    if (this.recordsSinceSnapshot >= this.host.snapshotEvery && !this.snapshotting) this.snapshot(result.durable);
+    this.unsnapshotted ??= { atMs: this.host.clock.now(), logBytes: this.host.logBytesWritten() };
+    this.lastDurable = result.durable;
+    this.snapshotIfDue();
     result.durable.catch((err) => this.fail(err));
     return result.durable;
+  }
+
+  /**
+   * Snapshots when `snapshotEvery` records, `snapshotLogBytes` of the node's
+   * log or `snapshotAfterMs` have passed since the oldest record no snapshot
+   * covers. The node also calls it periodically, for idle shards that pin old
+   * log segments.
+   */
+  snapshotIfDue(): void {
+    const since = this.unsnapshotted;
+    if (since === undefined || this.snapshotting || this.closed || this.failed !== undefined) return;
+    if (
+      this.recordsSinceSnapshot >= this.host.snapshotEvery ||
+      this.host.logBytesWritten() - since.logBytes >= this.host.snapshotLogBytes ||
+      this.host.clock.now() - since.atMs >= this.host.snapshotAfterMs
+    ) {
+      this.unsnapshotted = undefined;
+      this.snapshot(this.lastDurable);
+    }
   }
 
   private snapshot(durable: Promise<void>) {
     this.snapshotting = true;
     this.recordsSinceSnapshot = 0;
-    this.state.pruneMemos(this.host.clock.now());
-    // A journal whose invocation is neither pending nor in flight belongs to a
-    // request lost in a crash (its sender retries under the same id soon) or
-    // to a result redelivered after its caller committed: keep it no longer.
-    this.state.pruneJournals((id) => this.pendingEnvelope(id) !== undefined);
+    const now = this.host.clock.now();
+    this.state.pruneMemos(now);
+    // A journal whose invocation is neither pending nor in flight mostly
+    // belongs to a request lost in a crash: its sender retries under the same
+    // id, and the re-run must find the replies its callees committed. So it
+    // is kept as long as a reply memo would be (the retention counts from the
+    // first snapshot that found it orphaned, in this process).
+    for (const id of this.orphanedSince.keys()) if (!this.state.journals.has(id)) this.orphanedSince.delete(id);
+    this.state.pruneJournals((id) => {
+      if (this.pendingEnvelope(id) !== undefined) {
+        this.orphanedSince.delete(id);
+        return true;
+      }
+      const since = this.orphanedSince.get(id) ?? now;
+      this.orphanedSince.set(id, since);
+      return now - since <= this.host.memoRetentionMs;
+    });
     const snapshot = this.state.toSnapshot();
     durable
       .then(() => this.log.writeSnapshot(snapshot))
@@ -370,11 +451,12 @@ export class ShardProcessor {
     // A shard that is shutting down refuses appends by design: not a failure.
     if (this.failed !== undefined || this.closed) return;
     this.failed = err instanceof Error ? err : new Error(String(err));
-    const reply = errorReply(
-      Code.Unavailable,
-      `shard ${this.shard}: storage failed, the message was not processed: ${this.failed.message}`,
+    // Made up by the runtime, so not a reply: a commit may still have become
+    // durable, and the sender must retry to learn it.
+    const unavailable = new ShardUnavailableError(
+      `shard ${this.shard}: storage failed, the reply is unknown (retry with the same Idempotency-Key): ${this.failed.message}`,
     );
-    for (const list of this.waiters.values()) for (const w of list) w(reply);
+    for (const list of this.waiters.values()) for (const w of list) w(unavailable);
     this.waiters.clear();
     this.volatile.clear();
     for (const cancel of this.timers.values()) cancel();
@@ -447,6 +529,10 @@ export class ShardProcessor {
           commit: { finishedInvocations: [envelope.id], deadLetter: true },
         };
       }
+      if ("interrupted" in outcome) {
+        this.interrupt(envelope, outcome.interrupted);
+        return;
+      }
       const failure = outcome.reply.result.case === "error" ? outcome.reply.result.value : undefined;
       this.host.metrics.invocationFinished(
         envelope.target?.type ?? "",
@@ -469,8 +555,46 @@ export class ShardProcessor {
     }
   }
 
-  /** Runs the handler, retrying transient failures, and builds the commit. */
-  private async execute(envelope: Envelope, slot: Slot): Promise<{ reply: Reply; commit: PendingEffects; output?: Message }> {
+  /**
+   * An invocation could not get a call's reply: it commits nothing. Its
+   * waiters hear Unavailable and retry; a logged message runs again later.
+   */
+  private interrupt(envelope: Envelope, reason: unknown) {
+    // close() and fail() answer the waiters, and recovery re-runs logged messages.
+    if (this.failed !== undefined || this.closed) return;
+    const why = reason instanceof Error ? reason.message : String(reason);
+    this.host.logger.warn(`shard ${this.shard}: invocation ${envelope.id} was interrupted; nothing was committed`, { error: why });
+    const unavailable = new ShardUnavailableError(
+      `${envelope.target?.type ?? "?"}.${envelope.handler}: nothing was committed, a call got no reply: ${why}`,
+    );
+    const waiters = this.waiters.get(envelope.id) ?? [];
+    this.waiters.delete(envelope.id);
+    if (this.volatile.delete(envelope.id)) {
+      // The sender holds the request: its retry runs it again.
+      const memoId = memoIdOf(envelope);
+      if (memoId !== undefined && this.inflight.get(memoId) === envelope.id) this.inflight.delete(memoId);
+    } else if (this.state.pending.has(envelope.id)) {
+      const n = (this.interruptions.get(envelope.id) ?? 0) + 1;
+      this.interruptions.set(envelope.id, n);
+      const { initialDelayMs, maxDelayMs } = this.host.retry;
+      const timer = setTimeout(
+        () => {
+          this.timers.delete(envelope.id);
+          if (this.state.pending.has(envelope.id) && this.failed === undefined && !this.closed) this.dispatch(envelope);
+        },
+        Math.min(maxDelayMs, initialDelayMs * 2 ** (n - 1)),
+      );
+      timer.unref?.();
+      this.timers.set(envelope.id, () => clearTimeout(timer));
+    }
+    for (const w of waiters) w(unavailable);
+  }
+
+  /** Runs the handler, retrying transient failures, and builds the commit (or nothing, when interrupted). */
+  private async execute(
+    envelope: Envelope,
+    slot: Slot,
+  ): Promise<{ reply: Reply; commit: PendingEffects; output?: Message } | { interrupted: unknown }> {
     const target = envelope.target;
     const registered = target !== undefined ? this.host.lookup(target.type) : undefined;
     const info = registered?.fn.handlers.get(envelope.handler);
@@ -512,16 +636,7 @@ export class ShardProcessor {
           const selfId = `${target.type}/${target.key}`;
           const targetId = `${call.target.type}/${call.target.key}`;
           const targetLocks = this.host.lookup(call.target.type)?.fn.state !== undefined && !call.shared;
-          const waits = fn.state !== undefined && !info.shared && targetLocks;
-          if (waits) {
-            const cycle = findCycle(this.host.waitsFor, selfId, targetId);
-            if (cycle !== undefined) {
-              return Promise.resolve(
-                errorReply(Code.FailedPrecondition, `call cycle: ${cycle.join(" -> ")} (each instance is locked awaiting the next)`),
-              );
-            }
-            this.host.waitsFor.set(selfId, targetId);
-          }
+          let waits = fn.state !== undefined && !info.shared && targetLocks;
           const callEnvelope = create(EnvelopeSchema, {
             id: call.callId,
             target: call.target,
@@ -536,6 +651,34 @@ export class ShardProcessor {
             traceparent: envelope.traceparent,
             acceptedAtMs: BigInt(this.host.clock.now()),
           });
+          if (waits) {
+            const cycle = findCycle(this.host.waitsFor, selfId, targetId);
+            if (cycle !== undefined) {
+              // A re-run may re-issue a call its callee has answered already:
+              // only that answer is final. A cycle error is final only if the
+              // callee holds nothing for this call id, so it can never commit it.
+              let held: ReturnType<ShardHost["heldCall"]>;
+              try {
+                held = this.host.heldCall(callEnvelope);
+              } catch (err) {
+                return Promise.reject(err);
+              }
+              if (held === undefined) {
+                return Promise.resolve(
+                  errorReply(Code.FailedPrecondition, `call cycle: ${cycle.join(" -> ")} (each instance is locked awaiting the next)`),
+                );
+              }
+              if (held === "inflight") {
+                return Promise.reject(
+                  new ShardUnavailableError(`call ${call.callId} to ${targetId} is still to run there, behind this locked instance`),
+                );
+              }
+              // Kept: the callee's shard answers from its memo without waiting for its lock.
+              waits = false;
+            } else {
+              this.host.waitsFor.set(selfId, targetId);
+            }
+          }
           // An invocation awaiting a call holds no slot: the callee may need one.
           slot.release();
           const done = () => {
@@ -555,8 +698,10 @@ export class ShardProcessor {
         },
       });
       await slot.acquire();
-      if (outcome.status !== "retry") break;
+      if (outcome.status !== "retry" && outcome.status !== "interrupted") break;
       journal = outcome.journal;
+      // A call that got no reply is asked again a few times here, then left to the sender to retry.
+      if (outcome.status === "interrupted" && attempt >= maxAttempts) return { interrupted: outcome.error };
       if (attempt >= maxAttempts) {
         const message = outcome.error instanceof Error ? outcome.error.message : String(outcome.error);
         log.error(`handler failed after ${attempt} attempts`, { error: message });
@@ -567,11 +712,12 @@ export class ShardProcessor {
       }
       this.host.metrics.invocationRetried(fn.typeName, info.name);
       const delay = Math.min(maxDelayMs, initialDelayMs * 2 ** (attempt - 1));
-      log.warn(`handler failed, retrying in ${delay} ms (attempt ${attempt} of ${maxAttempts})`, { error: String(outcome.error) });
+      const failed = outcome.status === "interrupted" ? "a call got no reply" : "handler failed";
+      log.warn(`${failed}, retrying in ${delay} ms (attempt ${attempt} of ${maxAttempts})`, { error: String(outcome.error) });
       slot.release();
       await new Promise<void>((resolve) => setTimeout(resolve, delay));
       await slot.acquire();
-      if (this.failed !== undefined || this.closed) return { reply: errorReply(Code.Unavailable, "shard stopped"), commit: {} };
+      if (this.failed !== undefined || this.closed) return { interrupted: new ShardUnavailableError(`shard ${this.shard} stopped`) };
     }
     if (outcome.status === "suspended") {
       // The embedded invoker always awaits calls inline; suspension is for remote functions.
@@ -730,6 +876,7 @@ export class ShardProcessor {
     });
     if (memoId !== undefined) this.inflight.delete(memoId);
     this.volatile.delete(envelope.id);
+    this.interruptions.delete(envelope.id);
     let durable: Promise<void>;
     try {
       durable = this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit }, writtenAtMs: BigInt(now) })]);
@@ -903,8 +1050,11 @@ export class ShardProcessor {
     for (const cancel of this.timers.values()) cancel();
     for (const cancel of this.expiryTimers.values()) cancel();
     if (this.ackFlush !== undefined) clearTimeout(this.ackFlush);
-    const reply = errorReply(Code.Unavailable, `shard ${this.shard} is shutting down`);
-    for (const list of this.waiters.values()) for (const w of list) w(reply);
+    // Not a reply: a commit in flight may still become durable as the log closes.
+    const unavailable = new ShardUnavailableError(
+      `shard ${this.shard} is shutting down; the reply is unknown (retry with the same Idempotency-Key)`,
+    );
+    for (const list of this.waiters.values()) for (const w of list) w(unavailable);
     this.waiters.clear();
     await this.log.close();
   }

@@ -1,107 +1,85 @@
-// The LOCK file that keeps two processes from writing one storage directory:
-// both would append to the same log segment and destroy it.
-import { link, open, readFile, rename, unlink } from "node:fs/promises";
+// The lock that keeps two processes from writing one storage directory: both
+// would append to the same log segment and destroy it. It is an OS lock
+// (flock) on the `LOCK` file, so the kernel drops it when its holder dies,
+// however it dies: no pid has to be judged alive or dead, which in a container
+// (where every restart is pid 1 again) cannot be done. It knows nothing of
+// what the directory holds, so any storage format can use it.
+import { constants } from "node:fs";
+import { type FileHandle, open, readFile } from "node:fs/promises";
+import { createRequire } from "node:module";
 import { join } from "node:path";
 import { StorageError } from "../storage.js";
 import { describeFsError, fsErrorCode as errorCode } from "./fs-errors.js";
+
+// fs-ext is CommonJS without types: only its flockSync is used.
+const { flockSync } = createRequire(import.meta.url)("fs-ext") as {
+  flockSync(fd: number, flags: "exnb" | "un"): void;
+};
 
 /** A held lock on a storage directory. */
 export interface DirectoryLock {
   /** The lock file. */
   readonly path: string;
-  /** Removes the lock file. */
+  /** Gives the lock up; the file stays (deleting it would let two processes lock two different files). */
   release(): Promise<void>;
 }
 
 /**
- * Takes the lock of `directory` by creating `LOCK` (exclusively) with our pid.
- * A lock whose pid is alive — this process included — is refused with
- * `StorageError`; one left by a dead process (after SIGKILL or a crash) is
- * taken over.
+ * Takes the lock of `directory`: an exclusive, non-blocking `flock` on its
+ * `LOCK` file, which then holds our pid for the error message of whoever
+ * tries next (the pid is informational only). A lock held by a live process,
+ * this one included (a second open of the directory in the same process), is
+ * refused with `StorageError`; a lock whose holder died went with it.
  */
 export async function lockDirectory(directory: string): Promise<DirectoryLock> {
   const path = join(directory, "LOCK");
-  for (let attempt = 0; attempt < 10; attempt++) {
-    try {
-      const file = await open(path, "wx");
-      try {
-        await file.writeFile(`${process.pid}\n`);
-      } finally {
-        await file.close();
-      }
-      return {
-        path,
-        async release() {
-          await unlink(path).catch(() => undefined);
-        },
-      };
-    } catch (error) {
-      if (errorCode(error) !== "EEXIST") {
-        throw new StorageError(`cannot use storage directory ${directory}: ${describeFsError(error)}`, {
-          cause: error,
-        });
-      }
-    }
-    const holder = await readHolder(path);
-    if (holder === "gone") continue;
-    if (holder === "unreadable") {
-      // Created but not written yet by a process that is starting: give it a
-      // moment, and only then treat the empty file as stale.
-      if (attempt < 5) {
-        await new Promise((resolve) => setTimeout(resolve, 20));
-        continue;
-      }
-    } else if (isAlive(holder)) {
-      const who = holder === process.pid ? `this process (pid ${holder})` : `pid ${holder}`;
+  let file: FileHandle;
+  try {
+    // No O_TRUNC: the holder's pid must stay readable until we have the lock.
+    file = await open(path, constants.O_RDWR | constants.O_CREAT, 0o644);
+  } catch (error) {
+    throw new StorageError(`cannot use storage directory ${directory}: ${describeFsError(error)}`, { cause: error });
+  }
+  try {
+    flockSync(file.fd, "exnb");
+  } catch (error) {
+    await file.close().catch(() => undefined);
+    if (errorCode(error) === "EWOULDBLOCK" || errorCode(error) === "EAGAIN") {
+      const holder = await readHolder(path);
       throw new StorageError(
-        `storage directory ${directory} is in use by ${who}: stop it first, or delete ${path} if that process is not a Shoal runtime`,
+        `storage directory ${directory} is in use by ${holder}: stop that process first (a directory is used by one process at a time)`,
       );
     }
-    await takeOver(path, holder);
+    throw new StorageError(`cannot lock storage directory ${directory} (${path}): ${describeFsError(error)}`, {
+      cause: error,
+    });
   }
-  throw new StorageError(`cannot lock storage directory ${directory}: ${path} keeps changing under us`);
+  try {
+    await file.truncate(0);
+    await file.write(`${process.pid}\n`, 0);
+  } catch (error) {
+    await file.close().catch(() => undefined);
+    throw new StorageError(`cannot write lock file ${path}: ${describeFsError(error)}`, { cause: error });
+  }
+  let released: Promise<void> | undefined;
+  return {
+    path,
+    release() {
+      released ??= (async () => {
+        await file.truncate(0).catch(() => undefined);
+        // Closing the only descriptor of the file drops the flock.
+        await file.close().catch(() => undefined);
+      })();
+      return released;
+    },
+  };
 }
 
-async function readHolder(path: string): Promise<number | "gone" | "unreadable"> {
-  let text: string;
-  try {
-    text = await readFile(path, "utf8");
-  } catch (error) {
-    if (errorCode(error) === "ENOENT") return "gone";
-    throw new StorageError(`cannot read lock file ${path}: ${describeFsError(error)}`, { cause: error });
-  }
+/** Who holds the lock, for the message: the pid it wrote, when it had written it yet. */
+async function readHolder(path: string): Promise<string> {
+  const text = await readFile(path, "utf8").catch(() => "");
   const pid = Number.parseInt(text.trim(), 10);
-  return Number.isInteger(pid) && pid > 0 && String(pid) === text.trim() ? pid : "unreadable";
-}
-
-function isAlive(pid: number): boolean {
-  if (pid === process.pid) return true;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    // EPERM: alive but someone else's.
-    return errorCode(error) !== "ESRCH";
-  }
-}
-
-/**
- * Removes a stale lock without deleting a fresh one another process may have
- * created meanwhile: renaming claims exactly one file atomically, and if what
- * we claimed is not the stale lock we read, it goes back with `link`, which
- * does not overwrite.
- */
-async function takeOver(path: string, stale: number | "unreadable"): Promise<void> {
-  const claimed = `${path}.stale-${process.pid}`;
-  try {
-    await rename(path, claimed);
-  } catch (error) {
-    if (errorCode(error) === "ENOENT") return;
-    throw new StorageError(`cannot take over stale lock file ${path}: ${describeFsError(error)}`, { cause: error });
-  }
-  const holder = await readHolder(claimed);
-  if (holder !== stale && holder !== "gone") {
-    await link(claimed, path).catch(() => undefined);
-  }
-  await unlink(claimed).catch(() => undefined);
+  if (!Number.isInteger(pid) || pid <= 0) return "another process (starting up: its pid is not written yet)";
+  // Not compared with our own pid: in another container the same pid is another process.
+  return `the process with pid ${pid}`;
 }

@@ -171,3 +171,54 @@ export function decodeSnapshotFile(buf: Buffer): SnapshotFile | string {
     snapshot: buf.subarray(p + SNAPSHOT_HEADER_BYTES, frame.end),
   };
 }
+
+// Manifest file: one frame whose payload is
+//          [u8 format = 1][u32 segment count][u64 first sequence]...[u32 shard count][u32 shard]...
+const MANIFEST_FORMAT = 1;
+
+/**
+ * What the directory must hold, for the checks at open that a missing file
+ * would otherwise pass silently: the log segments, by first sequence, and the
+ * shards that have a snapshot (a shard keeps one from its first on).
+ */
+export interface Manifest {
+  readonly segments: readonly bigint[];
+  readonly snapshotShards: readonly number[];
+}
+
+/** Frames a manifest. */
+export function encodeManifest(manifest: Manifest): Buffer {
+  const length = 1 + 4 + 8 * manifest.segments.length + 4 + 4 * manifest.snapshotShards.length;
+  const buf = Buffer.allocUnsafe(FRAME_HEADER_BYTES + length);
+  let p = FRAME_HEADER_BYTES;
+  p = buf.writeUInt8(MANIFEST_FORMAT, p);
+  p = buf.writeUInt32LE(manifest.segments.length, p);
+  for (const first of manifest.segments) p = buf.writeBigUInt64LE(first, p);
+  p = buf.writeUInt32LE(manifest.snapshotShards.length, p);
+  for (const shard of manifest.snapshotShards) p = buf.writeUInt32LE(shard, p);
+  buf.writeUInt32LE(length, 0);
+  buf.writeUInt32LE(crc32(buf.subarray(FRAME_HEADER_BYTES)), 4);
+  return buf;
+}
+
+/** Checks and decodes a manifest file, or returns what is wrong with it. */
+export function decodeManifest(buf: Buffer): Manifest | string {
+  const frame = checkFrame(buf, 0, 9);
+  if (!frame.ok) return frame.problem;
+  if (frame.end !== buf.length) return `${buf.length - frame.end} unexpected bytes after the manifest`;
+  let p = frame.payloadStart;
+  const format = buf.readUInt8(p);
+  if (format !== MANIFEST_FORMAT) return `unknown manifest format ${format} (written by a newer Shoal runtime?)`;
+  p += 1;
+  const segments: bigint[] = [];
+  const segmentCount = buf.readUInt32LE(p);
+  p += 4;
+  if (p + 8 * segmentCount + 4 > frame.end) return "segment list longer than the file";
+  for (let i = 0; i < segmentCount; i++, p += 8) segments.push(buf.readBigUInt64LE(p));
+  const shardCount = buf.readUInt32LE(p);
+  p += 4;
+  if (p + 4 * shardCount !== frame.end) return "shard list does not fill the file";
+  const snapshotShards: number[] = [];
+  for (let i = 0; i < shardCount; i++, p += 4) snapshotShards.push(buf.readUInt32LE(p));
+  return { segments, snapshotShards };
+}

@@ -84,7 +84,7 @@ describe("local storage", () => {
     const directory = await temporaryDirectory();
     await open({ directory });
     await expect(createLocalStorage({ directory })).rejects.toThrow(
-      `storage directory ${directory} is in use by this process (pid ${process.pid})`,
+      `storage directory ${directory} is in use by the process with pid ${process.pid}`,
     );
   });
 
@@ -98,7 +98,9 @@ describe("local storage", () => {
       setInterval(() => {}, 1000);
     `);
     await waitForLine(child, "ready");
-    await expect(createLocalStorage({ directory })).rejects.toThrow(`storage directory ${directory} is in use by pid ${child.pid}`);
+    await expect(createLocalStorage({ directory })).rejects.toThrow(
+      `storage directory ${directory} is in use by the process with pid ${child.pid}`,
+    );
 
     child.kill("SIGKILL");
     await once(child, "exit");
@@ -113,8 +115,30 @@ describe("local storage", () => {
     const directory = await temporaryDirectory();
     const storage = await createLocalStorage({ directory });
     await storage.close();
-    await expect(stat(join(directory, "LOCK"))).rejects.toThrow(/ENOENT/);
+    // The file stays; the OS lock on it is gone, and so is the pid.
+    expect(await readFile(join(directory, "LOCK"), "utf8")).toBe("");
     await (await createLocalStorage({ directory })).close();
+  });
+
+  it("starts again after a SIGKILL as pid 1 in a fresh pid namespace, as a restarted container does", async () => {
+    const directory = await temporaryDirectory();
+    const body = (ids: string) => `
+      const storage = await createLocalStorage({ directory: ${JSON.stringify(directory)} });
+      const log = await storage.openShard(0, "container");
+      for (const id of ${ids}) await log.append([record(id, 10)]).durable;
+      console.log("ready as pid " + process.pid);
+      setInterval(() => {}, 1000);
+    `;
+    for (const round of ["a", "b"]) {
+      const child = startChild(body(JSON.stringify([round])), { pidNamespace: true });
+      await waitForLine(child, "ready as pid 1");
+      // Killing the namespace's pid 1 (not unshare, its parent) is the container's process dying.
+      const [pidOne] = (await readFile(`/proc/${child.pid}/task/${child.pid}/children`, "utf8")).trim().split(" ");
+      process.kill(Number(pidOne), "SIGKILL");
+      await once(child, "exit");
+    }
+    const storage = await open({ directory });
+    expect(ids(await (await storage.openShard(0, "parent")).recover())).toEqual(["a", "b"]);
   });
 
   it("fails the group on a full disk (real ENOSPC on a small tmpfs), keeps what was durable and carries on", async (context) => {
@@ -218,8 +242,8 @@ describe("local storage", () => {
     const path = join(directory, "snapshots", name as string);
     await flipByte(path, 12);
     await expect(createLocalStorage({ directory })).rejects.toThrow(`snapshot ${path} is corrupt: checksum mismatch`);
-    // A failed open leaves no lock behind.
-    await expect(stat(join(directory, "LOCK"))).rejects.toThrow(/ENOENT/);
+    // A failed open leaves no lock behind: the next open fails the same way.
+    await expect(createLocalStorage({ directory })).rejects.toThrow(`snapshot ${path} is corrupt: checksum mismatch`);
   });
 
   it("refuses to open with a damaged frame in a segment that is not the last, naming file and offset", async () => {
@@ -287,6 +311,110 @@ describe("local storage", () => {
       expect(ids(await log.recover())).toEqual(["a", "b", "e"]);
       await storage.close();
     }
+  });
+
+  it("warns with the bytes dropped when it cuts off a torn tail", async () => {
+    const directory = await temporaryDirectory();
+    const storage = await createLocalStorage({ directory });
+    const log = await storage.openShard(0, "node-a");
+    await log.append([record("a", 100)]).durable;
+    await storage.close();
+    const [segment] = (await segments(directory)) as [string];
+    const size = (await stat(segment)).size;
+    await writeFile(segment, Buffer.alloc(37, 9), { flag: "a" });
+    const warnings: string[] = [];
+    await (await createLocalStorage({ directory, onWarning: (message) => warnings.push(message) })).close();
+    expect(warnings).toEqual([expect.stringContaining(`log segment ${segment}: cut off a torn write of 37 bytes at byte ${size}`)]);
+  });
+
+  describe("refuses to start on damage that would lose acknowledged records, naming the file", () => {
+    /**
+     * Shards 0 and 1 write 40 records over several segments; shard 0 snapshots
+     * after its 30th, shard 1 never, so no segment is dropped.
+     */
+    async function fill(directory: string, options: { snapshotShard1?: boolean } = {}) {
+      const storage = await createLocalStorage({ directory, segmentBytes: 1024 });
+      const logs = [await storage.openShard(0, "node-a"), await storage.openShard(1, "node-a")];
+      for (let i = 0; i < 40; i++) {
+        const result = logs[i % 2]?.append([record(`r${i}`, 100)]);
+        await result?.durable;
+        if (i === 30) await logs[0]?.writeSnapshot(create(ShardSnapshotSchema, { shard: 0, sequence: result?.lastSequence }));
+        if (i === 39 && options.snapshotShard1) {
+          await logs[1]?.writeSnapshot(create(ShardSnapshotSchema, { shard: 1, sequence: result?.lastSequence }));
+          await logs[0]?.writeSnapshot(create(ShardSnapshotSchema, { shard: 0, sequence: result?.lastSequence }));
+        }
+      }
+      await storage.close();
+      return segments(directory);
+    }
+
+    it("a deleted first segment", async () => {
+      const directory = await temporaryDirectory();
+      const [first] = await fill(directory);
+      await rm(first as string);
+      await expect(createLocalStorage({ directory })).rejects.toThrow(`log segment ${first} is missing`);
+    });
+
+    it("a deleted middle segment", async () => {
+      const directory = await temporaryDirectory();
+      const [, middle] = await fill(directory);
+      await rm(middle as string);
+      await expect(createLocalStorage({ directory })).rejects.toThrow(`log segment ${middle} is missing`);
+    });
+
+    it("a deleted last segment", async () => {
+      const directory = await temporaryDirectory();
+      const last = (await fill(directory)).at(-1) as string;
+      await rm(last);
+      await expect(createLocalStorage({ directory })).rejects.toThrow(`log segment ${last} is missing`);
+    });
+
+    it("every segment deleted", async () => {
+      const directory = await temporaryDirectory();
+      const all = await fill(directory);
+      for (const segment of all) await rm(segment);
+      await expect(createLocalStorage({ directory })).rejects.toThrow(`log segment ${all[0]} is missing`);
+    });
+
+    it("a deleted snapshot whose log was already dropped", async () => {
+      const directory = await temporaryDirectory();
+      const [oldest] = await fill(directory, { snapshotShard1: true });
+      const [name] = (await readdir(join(directory, "snapshots"))).filter((n) => n.startsWith("shard-1-"));
+      // The snapshots covered the older segments, which are gone.
+      expect(oldest).not.toMatch(/wal-0+1\.log$/);
+      await rm(join(directory, "snapshots", name as string));
+      await expect(createLocalStorage({ directory })).rejects.toThrow(
+        `the snapshot of shard 1 (${join(directory, "snapshots", "shard-1-*.snap")}) is missing`,
+      );
+    });
+
+    it("a log cut, at a frame boundary, below a snapshot", async () => {
+      const directory = await temporaryDirectory();
+      const storage = await createLocalStorage({ directory });
+      const log = await storage.openShard(0, "node-a");
+      let result = log.append([record("a", 100)]);
+      for (let i = 0; i < 5; i++) result = log.append([record(`b${i}`, 100)]);
+      await result.durable;
+      await log.writeSnapshot(create(ShardSnapshotSchema, { shard: 0, sequence: result.lastSequence }));
+      await storage.close();
+      const [segment] = (await segments(directory)) as [string];
+      const frames = frameOffsets(await readFile(segment));
+      await truncate(segment, frames[2] as number);
+      await expect(createLocalStorage({ directory })).rejects.toThrow(
+        new RegExp(
+          `the log ends at sequence 2 in ${segment}, but snapshot .*shard-0-0+${result.lastSequence}\\.snap is at sequence ${result.lastSequence}`,
+        ),
+      );
+    });
+
+    it("a deleted MANIFEST", async () => {
+      const directory = await temporaryDirectory();
+      await fill(directory);
+      await rm(join(directory, "MANIFEST"));
+      await expect(createLocalStorage({ directory })).rejects.toThrow(
+        `storage directory ${directory} holds data but no ${join(directory, "MANIFEST")}`,
+      );
+    });
   });
 
   it("keeps only the latest snapshot and ignores an unfinished one", async () => {
@@ -395,7 +523,7 @@ interface Child extends ChildProcess {
  * Runs `body` in a separate Node process (through tsx, from this source tree)
  * with `createLocalStorage` and a `record(id, size)` helper in scope.
  */
-function startChild(body: string, options: { fileSizeLimitBlocks?: number } = {}): Child {
+function startChild(body: string, options: { fileSizeLimitBlocks?: number; pidNamespace?: boolean } = {}): Child {
   const script = `
     const { create } = await import("@bufbuild/protobuf");
     const { LogRecordSchema } = await import("@shoal/sdk/internal");
@@ -407,11 +535,14 @@ function startChild(body: string, options: { fileSizeLimitBlocks?: number } = {}
   `;
   const node = [process.execPath, "--import", "tsx", "--input-type=module", "-e", script];
   const child = (
-    options.fileSizeLimitBlocks === undefined
-      ? spawn(node[0] as string, node.slice(1), { cwd: repositoryRoot })
-      : spawn("/bin/sh", ["-c", `ulimit -f ${options.fileSizeLimitBlocks} && exec "$0" "$@"`, ...node], {
-          cwd: repositoryRoot,
-        })
+    options.pidNamespace === true
+      ? // The child is pid 1 of a new pid namespace (needs root).
+        spawn("unshare", ["--pid", "--fork", "--mount-proc", ...node], { cwd: repositoryRoot })
+      : options.fileSizeLimitBlocks === undefined
+        ? spawn(node[0] as string, node.slice(1), { cwd: repositoryRoot })
+        : spawn("/bin/sh", ["-c", `ulimit -f ${options.fileSizeLimitBlocks} && exec "$0" "$@"`, ...node], {
+            cwd: repositoryRoot,
+          })
   ) as Child;
   child.stdoutText = "";
   child.stderrText = "";

@@ -19,7 +19,9 @@ import { type DirectoryLock, lockDirectory } from "./directory-lock.js";
 import { describeFsError, fsErrorCode } from "./fs-errors.js";
 import {
   checkFrame,
+  decodeManifest,
   decodeSnapshotFile,
+  encodeManifest,
   encodeSnapshotFile,
   FLAG_FENCE,
   FLAG_GROUP_START,
@@ -64,6 +66,11 @@ export interface LocalStorageOptions {
    * groups large under load.
    */
   maxGroupDelayMs?: number;
+  /**
+   * Receives what the open repaired on its own, such as a torn write cut off
+   * the end of the log (with the bytes dropped). Default: `process.emitWarning`.
+   */
+  onWarning?: (message: string) => void;
 }
 
 const defaults = {
@@ -71,6 +78,7 @@ const defaults = {
   segmentBytes: 64 * 1024 * 1024,
   maxGroupBytes: 4 * 1024 * 1024,
   maxGroupDelayMs: 0,
+  onWarning: (message: string) => process.emitWarning(message, "ShoalStorageWarning"),
 };
 
 /**
@@ -85,11 +93,15 @@ const defaults = {
  *   file, fsync'd and renamed; the latest is kept. A segment is deleted once
  *   the snapshots of all shards with records in it cover them.
  * - At open: a damaged frame at the end of the last segment is a write torn
- *   by a crash, and is cut off; damage anywhere else, or in a snapshot, fails
- *   the open with a `StorageError` naming the file (and byte offset) rather
- *   than losing records silently.
- * - A `LOCK` file holding the pid keeps a second process out; a lock left by
- *   a dead process is taken over.
+ *   by a crash, and is cut off (reported to `onWarning` with the bytes
+ *   dropped); damage anywhere else, or in a snapshot, fails the open with a
+ *   `StorageError` naming the file (and byte offset) rather than losing
+ *   records silently.
+ * - A `MANIFEST` lists the segments and the shards that have a snapshot: a
+ *   listed file that is missing, a log that ends before a snapshot's
+ *   sequence, or data without a manifest fails the open the same way.
+ * - An OS lock on the `LOCK` file keeps a second process out; it goes with
+ *   its holder, however that dies (see `directory-lock.ts`).
  *
  * Errors are reported, never printed: the open rejects with `StorageError`
  * naming the directory and the OS error; a failed write or fsync rejects the
@@ -128,6 +140,7 @@ function resolveOptions(options: LocalStorageOptions): Settings {
     segmentBytes: options.segmentBytes ?? defaults.segmentBytes,
     maxGroupBytes: options.maxGroupBytes ?? defaults.maxGroupBytes,
     maxGroupDelayMs: options.maxGroupDelayMs ?? defaults.maxGroupDelayMs,
+    onWarning: options.onWarning ?? defaults.onWarning,
   };
   for (const key of ["segmentBytes", "maxGroupBytes"] as const) {
     if (!Number.isSafeInteger(settings[key]) || settings[key] <= 0) {
@@ -154,6 +167,8 @@ function snapshotName(shard: number, sequence: bigint): string {
 /** A log segment file. */
 interface Segment {
   readonly path: string;
+  /** The sequence in its name: its first record's, or the next one when it was started. */
+  readonly first: bigint;
   /** Bytes of complete, durable frames: where the next group goes. */
   size: number;
   /** Highest sequence per shard with records here: the segment goes once every shard's snapshot covers its entry. */
@@ -245,11 +260,35 @@ async function openLocked(directory: string, settings: Settings, lock: Directory
   });
   const shards = new Map<number, ShardState>();
   await loadSnapshots(snapshotDirectory, shards);
-  const { segments, lastSequence } = await scanLog(directory, shards, settings);
+  const manifestPath = join(directory, "MANIFEST");
+  const manifest = await readManifest(manifestPath);
+  for (const shard of manifest?.snapshotShards ?? []) {
+    if (shards.get(shard)?.snapshot === undefined) {
+      throw new StorageError(
+        `the snapshot of shard ${shard} (${join(snapshotDirectory, `shard-${shard}-*.snap`)}) is missing, though ${manifestPath} says it has one: the log below it may be gone, so its state cannot be rebuilt. Refusing to open; restore the directory from a backup`,
+      );
+    }
+  }
+  // Without one, only a directory that never held a record may open (a crash
+  // can come between creating the first segment and the first manifest).
+  if (manifest === undefined && (shards.size > 0 || (await holdsRecords(directory)))) {
+    throw new StorageError(
+      `storage directory ${directory} holds data but no ${manifestPath} (deleted, or written by an older Shoal runtime): missing log segments or snapshots could not be detected. Refusing to open; restore the directory from a backup`,
+    );
+  }
+  const { segments, lastSequence } = await scanLog(directory, shards, settings, manifest?.segments);
 
   let next = lastSequence;
   for (const state of shards.values()) {
-    if (state.snapshot !== undefined && state.snapshot.sequence > next) next = state.snapshot.sequence;
+    const snapshot = state.snapshot;
+    if (snapshot !== undefined && snapshot.sequence > lastSequence) {
+      // A snapshot is written only once its sequence is durable in the log.
+      const end = segments.at(-1)?.path ?? `${directory} (no log segment)`;
+      throw new StorageError(
+        `the log ends at sequence ${lastSequence} in ${end}, but snapshot ${snapshot.path} is at sequence ${snapshot.sequence}: records were cut from the log. Refusing to open rather than lose them; restore the directory from a backup`,
+      );
+    }
+    if (snapshot !== undefined && snapshot.sequence > next) next = snapshot.sequence;
   }
   next += 1n;
 
@@ -258,13 +297,45 @@ async function openLocked(directory: string, settings: Settings, lock: Directory
   if (last === undefined) {
     const path = join(directory, segmentName(next));
     active = await fsStep(`cannot create log segment ${path}`, () => createSegmentFile(path, directory, settings));
-    segments.push({ path, size: 0, maxSequence: new Map() });
+    segments.push({ path, first: next, size: 0, maxSequence: new Map() });
   } else {
     active = await fsStep(`cannot open log segment ${last.path}`, () => open(last.path, "r+"));
   }
-  const storage = new LocalStorage(directory, snapshotDirectory, settings, lock, shards, segments, active, next);
+  const storage = new LocalStorage(directory, snapshotDirectory, manifestPath, settings, lock, shards, segments, active, next);
+  try {
+    await storage.saveManifest();
+  } catch (error) {
+    await active.close().catch(() => undefined);
+    throw error;
+  }
   await storage.dropCoveredSegments();
   return storage;
+}
+
+async function holdsRecords(directory: string): Promise<boolean> {
+  const names = await fsStep(`cannot list storage directory ${directory}`, () => readdir(directory));
+  for (const name of names.filter((n) => SEGMENT_NAME.test(n))) {
+    const path = join(directory, name);
+    if ((await fsStep(`cannot read log segment ${path}`, () => stat(path))).size > 0) return true;
+  }
+  return false;
+}
+
+async function readManifest(path: string) {
+  let buf: Buffer;
+  try {
+    buf = await readFile(path);
+  } catch (error) {
+    if (fsErrorCode(error) === "ENOENT") return undefined;
+    throw new StorageError(`cannot read ${path}: ${describeFsError(error)}`, { cause: error });
+  }
+  const manifest = decodeManifest(buf);
+  if (typeof manifest === "string") {
+    throw new StorageError(
+      `${path} is corrupt: ${manifest}. Refusing to open, as missing log segments or snapshots could not be detected; restore the directory from a backup`,
+    );
+  }
+  return manifest;
 }
 
 async function loadSnapshots(snapshotDirectory: string, shards: Map<number, ShardState>): Promise<void> {
@@ -319,20 +390,35 @@ async function scanLog(
   directory: string,
   shards: Map<number, ShardState>,
   settings: Settings,
+  listed: readonly bigint[] | undefined,
 ): Promise<{ segments: Segment[]; lastSequence: bigint }> {
   const names = await fsStep(`cannot list storage directory ${directory}`, () => readdir(directory));
-  const found = names
+  let found = names
     .map((name) => ({ name, match: SEGMENT_NAME.exec(name) }))
     .filter((f) => f.match !== null)
     .map((f) => ({ name: f.name, first: BigInt(f.match?.[1] ?? "0") }))
     .sort((a, b) => (a.first < b.first ? -1 : a.first > b.first ? 1 : 0));
+  if (listed !== undefined) {
+    for (const first of listed) {
+      if (!found.some((f) => f.first === first)) {
+        throw new StorageError(
+          `log segment ${join(directory, segmentName(first))} is missing, though ${join(directory, "MANIFEST")} lists it: its records are lost. Refusing to open; restore the directory from a backup`,
+        );
+      }
+    }
+    // Older than the oldest listed: dropped, but a crash came before the unlink.
+    const oldest = listed[0];
+    const dropped = found.filter((f) => oldest !== undefined && f.first < oldest);
+    for (const f of dropped) await unlink(join(directory, f.name)).catch(() => undefined);
+    found = found.filter((f) => !dropped.includes(f));
+  }
   const segments: Segment[] = [];
   let lastSequence = 0n;
   for (const [i, { name, first }] of found.entries()) {
     const isLast = i === found.length - 1;
     const path = join(directory, name);
     const buf = await fsStep(`cannot read log segment ${path}`, () => readFile(path));
-    const segment: Segment = { path, size: 0, maxSequence: new Map() };
+    const segment: Segment = { path, first, size: 0, maxSequence: new Map() };
     let at = 0;
     while (at < buf.length) {
       const frame = checkFrame(buf, at, RECORD_HEADER_BYTES);
@@ -381,6 +467,9 @@ async function scanLog(
       at = frame.end;
     }
     if (at < buf.length) {
+      settings.onWarning(
+        `log segment ${path}: cut off a torn write of ${buf.length - at} bytes at byte ${at} (the process stopped while writing it, so it was never acknowledged)`,
+      );
       // A torn write: cut it off before anything is appended after it.
       await fsStep(`cannot cut the torn end off log segment ${path}`, async () => {
         const file = await open(path, "r+");
@@ -412,10 +501,13 @@ class LocalStorage implements StorageBackend {
   private broken: StorageError | undefined;
   /** The highest sequence written and fsync'd. */
   private durableSequence: bigint;
+  /** Serializes manifest writes. */
+  private manifestQueue: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly directory: string,
     private readonly snapshotDirectory: string,
+    private readonly manifestPath: string,
     private readonly settings: Settings,
     private readonly lock: DirectoryLock,
     private readonly shards: Map<number, ShardState>,
@@ -453,6 +545,7 @@ class LocalStorage implements StorageBackend {
     this.closing ??= (async () => {
       await this.settled();
       await Promise.all([...this.shards.values()].map((s) => s.queue.catch(() => undefined)));
+      await this.manifestQueue;
       try {
         await this.active.close();
       } finally {
@@ -613,9 +706,35 @@ class LocalStorage implements StorageBackend {
     const file = await fsStep(`cannot start log segment ${path}`, () => createSegmentFile(path, this.directory, this.settings));
     const previous = this.active;
     this.active = file;
-    this.segments.push({ path, size: 0, maxSequence: new Map() });
+    this.segments.push({ path, first: firstSequence, size: 0, maxSequence: new Map() });
     // Everything in it was fsync'd with its group.
     await previous.close().catch(() => undefined);
+    // Unlisted, the new segment is still accepted at open (it is the newest);
+    // listed, its loss is detected.
+    await this.saveManifest();
+  }
+
+  /**
+   * Writes `MANIFEST` from the current segments and snapshots: to a temporary
+   * file, fsync'd and renamed, one write at a time, each with the state of
+   * when it starts.
+   */
+  saveManifest(): Promise<void> {
+    const write = () => {
+      const content = encodeManifest({
+        segments: this.segments.map((s) => s.first),
+        snapshotShards: [...this.shards].filter(([, state]) => state.snapshot !== undefined).map(([shard]) => shard),
+      });
+      return fsStep(`writing ${this.manifestPath} failed`, async () => {
+        const temporary = `${this.manifestPath}.tmp`;
+        await writeWholeFile(temporary, content, this.settings.fsync);
+        await rename(temporary, this.manifestPath);
+        if (this.settings.fsync) await fsyncDirectory(this.directory);
+      });
+    };
+    const result = this.manifestQueue.then(write, write);
+    this.manifestQueue = result.catch(() => undefined);
+    return result;
   }
 
   /**
@@ -635,7 +754,15 @@ class LocalStorage implements StorageBackend {
     const drop = this.segments.filter((s) => s !== active && covered(s));
     if (drop.length === 0) return;
     this.segments = this.segments.filter((s) => !drop.includes(s));
-    // A failed unlink leaves a segment behind that the next open reads and drops.
+    // Unlisted first, so that a listed segment that is missing is always damage.
+    // If that fails they stay, listed or older than the oldest listed (which
+    // the next open deletes).
+    const unlisted = await this.saveManifest().then(
+      () => true,
+      () => false,
+    );
+    if (!unlisted) return;
+    // A failed unlink leaves a segment behind that the next open drops.
     await Promise.all(drop.map((segment) => unlink(segment.path).catch(() => undefined)));
   }
 
@@ -734,13 +861,7 @@ class LocalStorage implements StorageBackend {
       const temporary = `${path}.tmp`;
       const content = encodeSnapshotFile(log.shard, snapshot.sequence, log.epoch, toBinary(ShardSnapshotSchema, snapshot));
       try {
-        const file = await open(temporary, "w");
-        try {
-          await writeAll(file, content, 0);
-          if (this.settings.fsync) await file.sync();
-        } finally {
-          await file.close();
-        }
+        await writeWholeFile(temporary, content, this.settings.fsync);
       } catch (error) {
         await unlink(temporary).catch(() => undefined);
         throw new StorageError(`writing snapshot ${temporary} failed: ${describeFsError(error)}`, { cause: error });
@@ -756,6 +877,8 @@ class LocalStorage implements StorageBackend {
       });
       const previous = state.snapshot;
       state.snapshot = { sequence: snapshot.sequence, path };
+      // From its first snapshot on, a shard's snapshot missing is damage.
+      if (previous === undefined) await this.saveManifest();
       if (previous !== undefined && previous.path !== path) await unlink(previous.path).catch(() => undefined);
       state.index = state.index.filter((run) => run.lastSequence > snapshot.sequence);
       if (state.unrecovered !== undefined) {
@@ -890,6 +1013,17 @@ async function writeAll(file: FileHandle, buf: Buffer, position: number): Promis
     const { bytesWritten } = await file.write(buf, done, buf.length - done, position + done);
     if (bytesWritten === 0) throw new Error(`write made no progress at byte ${position + done}`);
     done += bytesWritten;
+  }
+}
+
+/** Writes `content` as the whole of a new or truncated file, fsync'd when asked. */
+async function writeWholeFile(path: string, content: Buffer, fsync: boolean): Promise<void> {
+  const file = await open(path, "w");
+  try {
+    await writeAll(file, content, 0);
+    if (fsync) await file.sync();
+  } finally {
+    await file.close();
   }
 }
 

@@ -1,0 +1,285 @@
+// DESIGN §7: an answer the runtime makes up about a call (a call cycle it
+// assumed, "shutting down", "storage failed") is never committed as the
+// call's result nor memoized as a client's reply; only the callee's own
+// committed reply is final. Each test runs a bank transfer (withdraw here,
+// deposit there with a call) into one of those conditions, then retries it
+// with its Idempotency-Key and checks it is applied exactly once on both sides.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { createLocalStorage, createMemoryStorage, createRuntime, listen, type StorageBackend } from "@shoal/runtime";
+import { shardOf } from "@shoal/runtime/internal";
+import { implement } from "@shoal/sdk";
+import { afterEach, expect, it } from "vitest";
+import { account } from "../examples/bank/src/account.js";
+import { type AccountClient, AccountFunction, createAccountClient } from "../examples/bank/src/gen/bank/v1/account_shoal.js";
+import { type Child, freePort, repoRoot, shoalBin, start } from "./support/processes.js";
+
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "shoal-made-up-"));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+function bankClient(url: string): AccountClient {
+  return createAccountClient(createConnectTransport({ baseUrl: url, httpVersion: "1.1" }));
+}
+
+const errorOf = (err: unknown) => ConnectError.from(err);
+
+/** Retries while the answer is retryable (Unavailable, connection errors); returns the first other answer. */
+async function retried<T>(run: () => Promise<T>, attempts = 200): Promise<T | ConnectError> {
+  let last: ConnectError | undefined;
+  for (let i = 0; i < attempts; i++) {
+    try {
+      return await run();
+    } catch (err) {
+      last = errorOf(err);
+      if (last.code !== Code.Unavailable && last.code !== Code.Unknown) return last;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+  return last as ConnectError;
+}
+
+/** Ledger entries of an account by transfer id, through the ingress. */
+async function ledgerOf(client: AccountClient, name: string) {
+  const view = await client.get({ account: name });
+  const entries = new Map<string, bigint[]>();
+  for (const e of view.ledger) entries.set(e.transferId, [...(entries.get(e.transferId) ?? []), e.amount]);
+  return { balance: view.balance, entries };
+}
+
+const interruptedBank = `${repoRoot}test/support/interrupted-bank.ts`;
+
+/** Runs `shoal dev` on the bank with test hooks (see interrupted-bank.ts). */
+async function startHookedBank(phase: string, args: string[]): Promise<Child> {
+  const child = start(process.execPath, [shoalBin, "dev", interruptedBank, ...args], { env: { SHOAL_TEST_PHASE: phase } });
+  cleanups.push(() => {
+    child.process.kill("SIGKILL");
+  });
+  await child.waitFor(/serving .* at http/);
+  return child;
+}
+
+it("a transfer retried after a crash and a snapshot gets its deposit's committed reply, not a made-up call cycle", {
+  timeout: 60_000,
+}, async () => {
+  const port = await freePort();
+  // One shard: the caller's shard is the callee's, and every record writes a snapshot.
+  const args = ["--port", String(port), "--data-dir", tempDir(), "--shards", "1", "--snapshot-every", "1", "--log-level", "error"];
+  let node = await startHookedBank("hang", args);
+  const client = bankClient(`http://127.0.0.1:${port}`);
+  await client.deposit({ account: "x", amount: 100n }, { idempotencyKey: "seed-x" });
+  await client.deposit({ account: "y", amount: 100n }, { idempotencyKey: "seed-y" });
+  const t1 = { account: "x", to: "y", amount: 30n, transferId: "t1" };
+  const first = client.transfer(t1, { idempotencyKey: "t1" }).catch(errorOf);
+  // 1. The deposit commits (and its reply is in t1's journal); t1 hangs before committing.
+  await node.waitFor(/deposited t1/);
+  // A later commit in the same log is durable only with everything before it.
+  await client.deposit({ account: "z", amount: 1n });
+  // 2. The runtime dies before the transfer commits.
+  node.process.kill("SIGKILL");
+  await node.exited;
+  expect(await first).toBeInstanceOf(ConnectError);
+
+  // 3. After the restart the shard commits (and so snapshots) before the client retries.
+  node = await startHookedBank("cycle", args);
+  await client.deposit({ account: "z", amount: 1n });
+  // 4. The retry runs while y is locked by t2, which awaits a deposit at x: asking y
+  // again would close a wait-for cycle, but y has the reply already.
+  const retry = client.transfer(t1, { idempotencyKey: "t1" }).catch(errorOf);
+  await node.waitFor(/t1 waits for t2/);
+  const t2 = client.transfer({ account: "y", to: "x", amount: 5n, transferId: "t2" }, { idempotencyKey: "t2" }).catch(errorOf);
+  expect(await retry).toMatchObject({ transferId: "t1", balance: 70n });
+  expect(await t2).toMatchObject({ transferId: "t2", balance: 125n });
+  expect(await client.transfer(t1, { idempotencyKey: "t1" })).toMatchObject({ transferId: "t1", balance: 70n });
+
+  const x = await ledgerOf(client, "x");
+  const y = await ledgerOf(client, "y");
+  expect(x.entries.get("t1")).toEqual([-30n]);
+  expect(y.entries.get("t1")).toEqual([30n]);
+  expect(x.entries.get("t2")).toEqual([5n]);
+  expect(y.entries.get("t2")).toEqual([-5n]);
+  expect([x.balance, y.balance]).toEqual([75n, 125n]);
+});
+
+it("a snapshot keeps the call results of an invocation whose request was lost, for the client's retry", async () => {
+  const dir = tempDir();
+  let hang = true;
+  let deposited: () => void = () => {};
+  const depositDone = new Promise<void>((resolve) => (deposited = resolve));
+  const functions = [
+    implement(AccountFunction, {
+      ...account,
+      async transfer(req, ctx) {
+        const result = await account.transfer(req, ctx);
+        if (hang) {
+          deposited();
+          await new Promise<never>(() => {});
+        }
+        return result;
+      },
+    }),
+  ];
+  const boot = async () => {
+    const storage = await createLocalStorage({ directory: dir });
+    const runtime = createRuntime({ functions, storage, shards: 1, snapshotEvery: 1, logger: "silent" });
+    await runtime.start();
+    const journals = () => runtime.status().reduce((n, s) => n + s.journals, 0);
+    return { runtime, journals, client: createAccountClient(createRouterTransport(runtime.routes)) };
+  };
+  const t1 = { account: "x", to: "y", amount: 30n, transferId: "t1" };
+  const before = await boot();
+  await before.client.deposit({ account: "x", amount: 100n });
+  const first = before.client.transfer(t1, { idempotencyKey: "t1" }).catch(errorOf);
+  await depositDone;
+  expect(before.journals()).toBe(1);
+  await before.runtime.close();
+  expect(await first).toMatchObject({ code: Code.Unavailable });
+
+  hang = false;
+  const after = await boot();
+  cleanups.push(() => after.runtime.close());
+  // A commit writes a snapshot; the transfer's request is gone (only its client has it).
+  await after.client.deposit({ account: "z", amount: 1n });
+  expect(after.journals()).toBe(1);
+  expect(await after.client.transfer(t1, { idempotencyKey: "t1" })).toMatchObject({ transferId: "t1", balance: 70n });
+  expect(after.journals()).toBe(0);
+  expect((await ledgerOf(after.client, "y")).entries.get("t1")).toEqual([30n]);
+});
+
+/** The memory store, where the first commit writing `key`'s state reaches the log but its durability fails. */
+function storageFailingOnce(key: string): StorageBackend {
+  const inner = createMemoryStorage();
+  let armed = true;
+  return {
+    name: "failing-once",
+    close: () => inner.close(),
+    async openShard(shard, owner) {
+      const log = await inner.openShard(shard, owner);
+      // The memory store's logs are plain objects (their epoch a plain value): copying one delegates.
+      return {
+        ...log,
+        append(records) {
+          const result = log.append(records);
+          const hit = records.some((r) => r.kind.case === "commit" && r.kind.value.stateWrites.some((w) => w.address?.key === key));
+          if (!(armed && hit)) return result;
+          armed = false;
+          // Like an fsync that fails after the write reached the disk: the record turns up on recovery.
+          const durable = result.durable.then(() => {
+            throw new Error(`injected: fsync failed for shard ${shard}`);
+          });
+          return { lastSequence: result.lastSequence, durable };
+        },
+      };
+    },
+  };
+}
+
+/** A bank whose `to` account's shard fails to make its first deposit durable; a funded `from` on another shard. */
+async function bankWithFailingReceiver(maxAttempts: number) {
+  const shards = 4;
+  const from = "from";
+  const shardOfAccount = (k: string) => shardOf(AccountFunction.typeName, k, shards);
+  const to = ["to-1", "to-2", "to-3", "to-4", "to-5"].find((k) => shardOfAccount(k) !== shardOfAccount(from));
+  if (to === undefined) throw new Error("no account on another shard than the sender's");
+  const runtime = createRuntime({
+    functions: [implement(AccountFunction, account)],
+    storage: storageFailingOnce(to),
+    shards,
+    logger: "silent",
+    retry: { maxAttempts, initialDelayMs: 100 },
+  });
+  await runtime.start();
+  const server = await listen(runtime, { host: "127.0.0.1", port: 0 });
+  cleanups.push(async () => {
+    await server.close();
+    await runtime.close();
+  });
+  const client = bankClient(server.url);
+  await client.deposit({ account: from, amount: 100n }, { idempotencyKey: "seed" });
+  const transfer = { account: from, to, amount: 30n, transferId: "t" };
+  const appliedOnce = async () => {
+    const sender = await ledgerOf(client, from);
+    const receiver = await ledgerOf(client, to);
+    expect(sender.entries.get("t")).toEqual([-30n]);
+    expect(receiver.entries.get("t")).toEqual([30n]);
+    expect([sender.balance, receiver.balance]).toEqual([70n, 30n]);
+  };
+  return { client, transfer, appliedOnce };
+}
+
+it("storage failure at the callee's shard: the caller commits nothing and the client's retry gets the callee's reply", async () => {
+  // One attempt: the caller gives up at once and leaves the retry to the client.
+  const { client, transfer, appliedOnce } = await bankWithFailingReceiver(1);
+
+  // The deposit's commit fails: its reply is unknown, so the transfer must not commit one.
+  const failed = await client.transfer(transfer, { idempotencyKey: "t" }).catch(errorOf);
+  expect(failed).toBeInstanceOf(ConnectError);
+  expect((failed as ConnectError).code).toBe(Code.Unavailable);
+  expect((failed as ConnectError).rawMessage).toMatch(
+    /^bank\.v1\.Account\.Transfer: nothing was committed, a call got no reply: .*storage failed/,
+  );
+
+  // Once the shard recovers, the deposit turns out committed: the retry completes the transfer.
+  expect(await retried(() => client.transfer(transfer, { idempotencyKey: "t" }))).toMatchObject({ transferId: "t", balance: 70n });
+  await appliedOnce();
+});
+
+it("storage failure at the callee's shard: the caller asks again and answers with the callee's reply", async () => {
+  // 100 + 200 + ... ms between attempts: the shard recovers (from 200 ms on) before they run out.
+  const { client, transfer, appliedOnce } = await bankWithFailingReceiver(8);
+  expect(await client.transfer(transfer, { idempotencyKey: "t" })).toMatchObject({ transferId: "t", balance: 70n });
+  await appliedOnce();
+});
+
+it("SIGTERM while transfers await their deposits: nothing is committed for them, and their retries apply each once", {
+  timeout: 60_000,
+}, async () => {
+  const shards = 4;
+  // Senders on one shard, receivers on the others.
+  const names = Array.from({ length: 200 }, (_, i) => `acct-${i}`);
+  const callerShard = shardOf(AccountFunction.typeName, "acct-0", shards);
+  const local = names.filter((k) => shardOf(AccountFunction.typeName, k, shards) === callerShard);
+  const remote = names.filter((k) => shardOf(AccountFunction.typeName, k, shards) !== callerShard);
+  const pinger = local[6] as string;
+  const transfers = local
+    .slice(0, 6)
+    .map((from, i) => ({ account: from, to: remote[i] as string, amount: BigInt(10 + i), transferId: `held-${i}` }));
+  const port = await freePort();
+  const args = ["--port", String(port), "--data-dir", tempDir(), "--shards", String(shards), "--log-level", "error"];
+  const node = await startHookedBank("sigterm", args);
+  const client = bankClient(`http://127.0.0.1:${port}`);
+  for (const t of transfers) await client.deposit({ account: t.account, amount: 100n }, { idempotencyKey: `seed-${t.account}` });
+  // The client gives up on them, so the server has no request to wait for when it stops.
+  const first = transfers.map((t) => client.transfer(t, { idempotencyKey: t.transferId, timeoutMs: 2_000 }).catch(errorOf));
+  for (const t of transfers) await node.waitFor(new RegExp(`holding ${t.transferId}\\b`));
+  for (const answer of await Promise.all(first)) expect(answer).toBeInstanceOf(ConnectError);
+
+  // An egress delivery the senders' shard records as it closes keeps it open a moment
+  // after the receivers' shards, which answer the calls they hold as they close.
+  await client.deposit({ account: pinger, amount: 1n, transferId: "ping" });
+  await node.waitFor(/"egress":"stdout"/);
+  node.process.kill("SIGTERM");
+  expect(await node.exited).toBe(0);
+
+  await startHookedBank("", args);
+  for (const t of transfers) {
+    expect(await retried(() => client.transfer(t, { idempotencyKey: t.transferId }))).toMatchObject({
+      transferId: t.transferId,
+      balance: 100n - t.amount,
+    });
+  }
+  for (const t of transfers) {
+    expect((await ledgerOf(client, t.account)).entries.get(t.transferId)).toEqual([-t.amount]);
+    expect((await ledgerOf(client, t.to)).entries.get(t.transferId)).toEqual([t.amount]);
+  }
+});
