@@ -102,7 +102,7 @@ export function createCli(): Command {
 
   program
     .command("serve")
-    .description("run a node as configured in shoal.yaml (the container's entry point)")
+    .description("run a node as configured in shoal.yaml, .ts module included (a container runs shoal-node from @shoal/runtime)")
     .option("-c, --config <file>", "the config file", "shoal.yaml")
     .action(async (opts) => {
       try {
