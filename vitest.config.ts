@@ -13,6 +13,7 @@ export default defineConfig({
       { find: /^@shoal\/sdk$/, replacement: src("sdk/src/index.ts") },
       { find: /^@shoal\/runtime\/internal$/, replacement: src("runtime/src/internal.ts") },
       { find: /^@shoal\/runtime$/, replacement: src("runtime/src/index.ts") },
+      { find: /^@shoal\/cli$/, replacement: src("cli/src/cli.ts") },
       { find: /^@shoal\/testing$/, replacement: src("testing/src/index.ts") },
     ],
   },

@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Child, repoRoot, start, startShoalDev } from "./support/processes.js";
+import { type Child, repoRoot, shoalBin, start, startShoalDev } from "./support/processes.js";
 
 const dataDir = mkdtempSync(join(tmpdir(), "shoal-e2e-"));
 const children: Child[] = [];
@@ -94,13 +94,9 @@ describe("shopping cart over real sockets", () => {
   });
 
   it("answers `shoal call` with JSON", () => {
-    const out = execFileSync(
-      process.execPath,
-      [`${repoRoot}packages/runtime/bin/shoal.js`, "call", "shop.v1.Inventory/Level", '{"sku":"hat"}', "--url", url],
-      {
-        encoding: "utf8",
-      },
-    );
+    const out = execFileSync(process.execPath, [shoalBin, "call", "shop.v1.Inventory/Level", '{"sku":"hat"}', "--url", url], {
+      encoding: "utf8",
+    });
     expect(JSON.parse(out)).toMatchObject({ sku: "hat" });
   });
 });

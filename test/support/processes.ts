@@ -5,7 +5,7 @@ import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 
 export const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
-export const shoalBin = `${repoRoot}packages/runtime/bin/shoal.js`;
+export const shoalBin = `${repoRoot}packages/cli/bin/shoal.js`;
 
 /** A free TCP port on loopback (so a restarted runtime comes back at the same address). */
 export async function freePort(): Promise<number> {

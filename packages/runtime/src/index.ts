@@ -9,10 +9,13 @@ export type { LocalStorageOptions } from "./storage/local/local-storage.js";
 /** The memory store: for unit tests only, it keeps nothing across restarts. */
 export { createMemoryStorage } from "./storage/memory/memory-storage.js";
 export { startNode, loadModule } from "./run-node.js";
-export type { RunningNode, StartNodeOptions } from "./run-node.js";
+export type { ModuleImporter, RunningNode, StartNodeOptions } from "./run-node.js";
+export { serveConfig, serveUntilSignal } from "./serve.js";
+export type { ServeConfigOptions, ServeOptions } from "./serve.js";
 export { installProcessGuard } from "./observe/process-guard.js";
 export { loadConfig, validateConfig, ConfigError } from "./config/config.js";
 export type { ShoalConfig } from "./config/config.js";
+export { defaults } from "./config/defaults.js";
 export { createStdoutEgress } from "./egress/egress.js";
 export type { Egress } from "./egress/egress.js";
 export { systemClock, createManualClock } from "./shard/clock.js";

@@ -7,18 +7,24 @@ import { createLocalStorage } from "./storage/local/local-storage.js";
 import { createMemoryStorage } from "./storage/memory/memory-storage.js";
 
 /**
- * Loads a module file (`export default module(...)`). TypeScript files are
- * loaded through tsx, so `shoal dev src/module.ts` needs no build step.
+ * Imports a module file by its `file:` URL. The default is Node's own
+ * `import()`; `@shoal/cli` passes one that loads TypeScript through tsx, so
+ * the runtime itself needs no TypeScript tooling.
  */
-export async function loadModule(path: string): Promise<ShoalModule> {
-  const url = pathToFileURL(path).href;
-  let loaded: { default?: unknown };
-  if (/\.[mc]?tsx?$/.test(path)) {
-    const { tsImport } = await import("tsx/esm/api");
-    loaded = (await tsImport(url, import.meta.url)) as { default?: unknown };
-  } else {
-    loaded = (await import(url)) as { default?: unknown };
+export type ModuleImporter = (url: string) => Promise<{ default?: unknown }>;
+
+/**
+ * Loads a module file (`export default module(...)`). Without an importer,
+ * the file must be JavaScript: build TypeScript first, or run it with
+ * `shoal dev` / `shoal serve` from `@shoal/cli`, which load `.ts` as is.
+ */
+export async function loadModule(path: string, importModule?: ModuleImporter): Promise<ShoalModule> {
+  if (importModule === undefined && /\.[mc]?tsx?$/.test(path)) {
+    throw new Error(
+      `${path}: a TypeScript module needs a build step here; build it to JavaScript and point at the .js file, or run it with \`shoal dev\` or \`shoal serve\` from @shoal/cli, which load .ts as is`,
+    );
   }
+  const loaded = await (importModule ?? ((url: string) => import(url)))(pathToFileURL(path).href);
   // tsx may wrap the ES module's default export once more.
   let candidate = loaded.default;
   if (!isModule(candidate) && typeof candidate === "object" && candidate !== null && "default" in candidate) {
@@ -30,18 +36,6 @@ export async function loadModule(path: string): Promise<ShoalModule> {
     );
   }
   return candidate;
-}
-
-/**
- * The handlers a module's implementations lack, as `package.Service.Method`.
- * The runtime answers them Unimplemented.
- */
-export function missingHandlers(functions: ShoalModule): string[] {
-  return functions.implementations.flatMap(({ fn, handlers }) =>
-    [...fn.handlers.values()]
-      .filter((info) => typeof (handlers as Record<string, unknown>)[info.localName] !== "function")
-      .map((info) => `${fn.typeName}.${info.name}`),
-  );
 }
 
 /** A node started from a config: its runtime and its listening ingress. */

@@ -1,8 +1,9 @@
 import { readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { parse } from "yaml";
+import { defaults } from "./defaults.js";
 
-/** `shoal.yaml`, validated. Every field has a default except `functions.module`. */
+/** `shoal.yaml`, validated. Every field has a default (`defaults`, config/defaults.ts) except `functions.module`. */
 export interface ShoalConfig {
   readonly shards: number;
   readonly ingress: {
@@ -107,7 +108,7 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd()): S
   ]);
   const storage = object(root.storage, "storage");
   onlyKeys(storage, "storage", ["backend", "directory", "fsync"]);
-  const backend = string(storage, "backend", "storage.", "local");
+  const backend = string(storage, "backend", "storage.", defaults.storage.backend);
   if (backend !== "local" && backend !== "memory") throw new ConfigError(`storage.backend: expected "local" or "memory", got "${backend}"`);
   const functions = object(root.functions, "functions");
   onlyKeys(functions, "functions", ["module"]);
@@ -124,41 +125,41 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd()): S
   }
   const log = object(root.log, "log");
   onlyKeys(log, "log", ["level"]);
-  const level = string(log, "level", "log.", "info");
+  const level = string(log, "level", "log.", defaults.logLevel);
   if (!["debug", "info", "warn", "error", "silent"].includes(level)) {
     throw new ConfigError(`log.level: expected debug, info, warn, error or silent, got "${level}"`);
   }
   const module = functions.module === undefined ? undefined : resolve(baseDir, string(functions, "module", "functions.", ""));
   return {
-    shards: integer(root, "shards", "", 64, 1, 65536),
+    shards: integer(root, "shards", "", defaults.shards, 1, 65536),
     ingress: {
-      host: string(ingress, "host", "ingress.", "127.0.0.1"),
-      port: integer(ingress, "port", "ingress.", 8080, 0, 65535),
-      maxRequestBytes: integer(ingress, "maxRequestBytes", "ingress.", 4 * 1024 * 1024, 1),
-      ignoreUnknownJsonFields: boolean(ingress, "ignoreUnknownJsonFields", "ingress.", false),
-      headersTimeoutMs: integer(ingress, "headersTimeoutMs", "ingress.", 10_000, 1),
-      idleTimeoutMs: integer(ingress, "idleTimeoutMs", "ingress.", 60_000, 1),
-      shutdownGraceMs: integer(ingress, "shutdownGraceMs", "ingress.", 5_000, 0),
+      host: string(ingress, "host", "ingress.", defaults.ingress.host),
+      port: integer(ingress, "port", "ingress.", defaults.ingress.port, 0, 65535),
+      maxRequestBytes: integer(ingress, "maxRequestBytes", "ingress.", defaults.ingress.maxRequestBytes, 1),
+      ignoreUnknownJsonFields: boolean(ingress, "ignoreUnknownJsonFields", "ingress.", defaults.ingress.ignoreUnknownJsonFields),
+      headersTimeoutMs: integer(ingress, "headersTimeoutMs", "ingress.", defaults.ingress.headersTimeoutMs, 1),
+      idleTimeoutMs: integer(ingress, "idleTimeoutMs", "ingress.", defaults.ingress.idleTimeoutMs, 1),
+      shutdownGraceMs: integer(ingress, "shutdownGraceMs", "ingress.", defaults.ingress.shutdownGraceMs, 0),
     },
     storage:
       backend === "memory"
         ? { backend }
         : {
             backend,
-            directory: resolve(baseDir, string(storage, "directory", "storage.", ".shoal")),
-            fsync: boolean(storage, "fsync", "storage.", true),
+            directory: resolve(baseDir, string(storage, "directory", "storage.", defaults.storage.directory)),
+            fsync: boolean(storage, "fsync", "storage.", defaults.storage.fsync),
           },
     functions: { module },
     retry: {
-      maxAttempts: integer(retry, "maxAttempts", "retry.", 5, 1),
-      initialDelayMs: integer(retry, "initialDelayMs", "retry.", 100, 0),
-      maxDelayMs: integer(retry, "maxDelayMs", "retry.", 5_000, 0),
+      maxAttempts: integer(retry, "maxAttempts", "retry.", defaults.retry.maxAttempts, 1),
+      initialDelayMs: integer(retry, "initialDelayMs", "retry.", defaults.retry.initialDelayMs, 0),
+      maxDelayMs: integer(retry, "maxDelayMs", "retry.", defaults.retry.maxDelayMs, 0),
     },
-    memoRetentionMs: integer(root, "memoRetentionMs", "", 24 * 3600_000, 1),
-    snapshotEvery: integer(root, "snapshotEvery", "", 10_000, 1),
-    snapshotLogBytes: integer(root, "snapshotLogBytes", "", 128 * 1024 * 1024, 1),
-    snapshotAfterMs: integer(root, "snapshotAfterMs", "", 10 * 60_000, 1),
-    maxConcurrentInvocations: integer(root, "maxConcurrentInvocations", "", 1024, 1),
+    memoRetentionMs: integer(root, "memoRetentionMs", "", defaults.memoRetentionMs, 1),
+    snapshotEvery: integer(root, "snapshotEvery", "", defaults.snapshotEvery, 1),
+    snapshotLogBytes: integer(root, "snapshotLogBytes", "", defaults.snapshotLogBytes, 1),
+    snapshotAfterMs: integer(root, "snapshotAfterMs", "", defaults.snapshotAfterMs, 1),
+    maxConcurrentInvocations: integer(root, "maxConcurrentInvocations", "", defaults.maxConcurrentInvocations, 1),
     egress,
     log: { level: level as ShoalConfig["log"]["level"] },
   };

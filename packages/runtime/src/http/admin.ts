@@ -1,6 +1,7 @@
 import { fromBinary, toJsonString } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { Admin } from "@shoal/sdk/internal";
+import { defaults } from "../config/defaults.js";
 import type { NodeRuntime } from "../node/runtime.js";
 
 /**
@@ -48,7 +49,7 @@ export function registerAdmin(router: ConnectRouter, runtime: NodeRuntime): void
     },
     listInstances(req) {
       const fn = functionNamed(req.function);
-      const limit = req.limit === 0 ? 100 : Math.min(req.limit, 10_000);
+      const limit = req.limit === 0 ? defaults.adminListLimit : Math.min(req.limit, 10_000);
       const keys = runtime
         .keysOf(fn.typeName)
         .filter((k) => k > req.after)
@@ -57,7 +58,7 @@ export function registerAdmin(router: ConnectRouter, runtime: NodeRuntime): void
     },
     listDeadLetters(req) {
       if (req.function !== "") functionNamed(req.function, false);
-      const limit = req.limit === 0 ? 100 : Math.min(req.limit, 10_000);
+      const limit = req.limit === 0 ? defaults.adminListLimit : Math.min(req.limit, 10_000);
       const letters = runtime
         .deadLetters()
         .filter(({ letter }) => req.function === "" || letter.target?.type === req.function)

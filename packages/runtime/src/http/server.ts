@@ -3,6 +3,7 @@ import { createServer as createHttp2Server, type Http2Server } from "node:http2"
 import { createServer as createNetServer, type Server as NetServer } from "node:net";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { defaults } from "../config/defaults.js";
 import type { NodeRuntime } from "../node/runtime.js";
 import { trackConnections } from "./connections.js";
 import { answerUnrouted, explainRejections } from "./http-answers.js";
@@ -88,7 +89,7 @@ export async function listen(runtime: NodeRuntime, options: ListenOptions = {}):
       answerUnrouted(req, res, routed);
     },
   });
-  const idleTimeoutMs = options.idleTimeoutMs ?? 60_000;
+  const idleTimeoutMs = options.idleTimeoutMs ?? defaults.ingress.idleTimeoutMs;
   let inFlight = 0;
   let drained: (() => void) | undefined;
   const handler = (req: Parameters<typeof connectHandler>[0], res: Parameters<typeof connectHandler>[1]) => {
@@ -104,18 +105,21 @@ export async function listen(runtime: NodeRuntime, options: ListenOptions = {}):
   // Node's own keep-alive timer, and the Keep-Alive header it sends, agree with the idle timeout.
   const http1: Http1Server = createHttp1Server({ keepAliveTimeout: idleTimeoutMs }, handler);
   const http2: Http2Server = createHttp2Server({}, handler);
-  const connections = trackConnections(http1, http2, { headersTimeoutMs: options.headersTimeoutMs ?? 10_000, idleTimeoutMs });
+  const connections = trackConnections(http1, http2, {
+    headersTimeoutMs: options.headersTimeoutMs ?? defaults.ingress.headersTimeoutMs,
+    idleTimeoutMs,
+  });
   const server: NetServer = createNetServer((socket) => connections.accept(socket));
-  const host = options.host ?? "127.0.0.1";
+  const host = options.host ?? defaults.ingress.host;
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(options.port ?? 8080, host, () => {
+    server.listen(options.port ?? defaults.ingress.port, host, () => {
       server.off("error", reject);
       resolve();
     });
   });
   const address = server.address();
-  const port = typeof address === "object" && address !== null ? address.port : (options.port ?? 8080);
+  const port = typeof address === "object" && address !== null ? address.port : (options.port ?? defaults.ingress.port);
   return {
     url: `http://${host.includes(":") ? `[${host}]` : host}:${port}`,
     port,
@@ -125,7 +129,7 @@ export async function listen(runtime: NodeRuntime, options: ListenOptions = {}):
       if (inFlight > 0) {
         await new Promise<void>((resolve) => {
           drained = resolve;
-          setTimeout(resolve, options.shutdownGraceMs ?? 5_000).unref();
+          setTimeout(resolve, options.shutdownGraceMs ?? defaults.ingress.shutdownGraceMs).unref();
         });
       }
       connections.destroyAll();

@@ -5,6 +5,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { type FunctionType, type Implementation, isModule, type Logger, type ShoalModule } from "@shoal/sdk";
 import { type DeadLetter, type EgressMessage, type Envelope, errorReply, type Reply } from "@shoal/sdk/internal";
 import type { Logger as PinoLogger } from "pino";
+import { defaults } from "../config/defaults.js";
 import { createStdoutEgress, type Egress } from "../egress/egress.js";
 import { createPinoLogger, type LogLevel, toShoalLogger } from "../observe/logger.js";
 import { createRuntimeMetrics } from "../observe/metrics.js";
@@ -21,10 +22,6 @@ import {
 import { controlHandlers } from "../shard/shard-state.js";
 import { RecordEncodingError, type StorageBackend } from "../storage/storage.js";
 
-/** Default of `RuntimeOptions.snapshotLogBytes`: 128 MiB, two segments of the local store. */
-const defaultSnapshotLogBytes = 128 * 1024 * 1024;
-/** Default of `RuntimeOptions.snapshotAfterMs`: 10 minutes. */
-const defaultSnapshotAfterMs = 10 * 60_000;
 /** How often idle shards are asked whether a snapshot is due by bytes or age. */
 const snapshotCheckMs = 1_000;
 
@@ -144,12 +141,12 @@ export interface NodeRuntime {
 
 /** Creates a node. Call `start()` before serving. */
 export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
-  const shards = options.shards ?? 64;
+  const shards = options.shards ?? defaults.shards;
   if (!Number.isInteger(shards) || shards < 1 || shards > 65536)
     throw new Error(`shards must be an integer from 1 to 65536, got ${shards}`);
   const nodeId = options.nodeId ?? randomUUID();
   const clock = options.clock ?? systemClock;
-  const pinoLogger = typeof options.logger === "object" ? options.logger : createPinoLogger(options.logger ?? "info");
+  const pinoLogger = typeof options.logger === "object" ? options.logger : createPinoLogger(options.logger ?? defaults.logLevel);
   const logger = toShoalLogger(pinoLogger);
   const implementations = isModule(options.functions) ? options.functions.implementations : options.functions;
   const functions = new Map<string, RegisteredFunction>();
@@ -165,7 +162,7 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
     const egress = options.egress?.[name] ?? options.defaultEgress ?? (name === "stdout" ? "stdout" : undefined);
     return egress === "stdout" ? stdout : egress;
   };
-  const retry: RetryPolicy = { maxAttempts: 5, initialDelayMs: 100, maxDelayMs: 5_000, ...options.retry };
+  const retry: RetryPolicy = { ...defaults.retry, ...options.retry };
   const processors: Array<ShardProcessor | undefined> = new Array(shards).fill(undefined);
   const recovering = new Set<number>();
   let closed = false;
@@ -192,12 +189,12 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
     nodeId,
     clock,
     shards,
-    slots: createSemaphore(options.maxConcurrentInvocations ?? 1024),
+    slots: createSemaphore(options.maxConcurrentInvocations ?? defaults.maxConcurrentInvocations),
     retry,
-    memoRetentionMs: options.memoRetentionMs ?? 24 * 3600_000,
-    snapshotEvery: options.snapshotEvery ?? 10_000,
-    snapshotLogBytes: options.snapshotLogBytes ?? defaultSnapshotLogBytes,
-    snapshotAfterMs: options.snapshotAfterMs ?? defaultSnapshotAfterMs,
+    memoRetentionMs: options.memoRetentionMs ?? defaults.memoRetentionMs,
+    snapshotEvery: options.snapshotEvery ?? defaults.snapshotEvery,
+    snapshotLogBytes: options.snapshotLogBytes ?? defaults.snapshotLogBytes,
+    snapshotAfterMs: options.snapshotAfterMs ?? defaults.snapshotAfterMs,
     logBytesWritten: () => options.storage.stats?.().bytes ?? 0,
     logger,
     metrics: createRuntimeMetrics({
@@ -276,8 +273,8 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
     functions,
     clock,
     logger,
-    maxRequestBytes: options.maxRequestBytes ?? 4 * 1024 * 1024,
-    ignoreUnknownJsonFields: options.ignoreUnknownJsonFields ?? false,
+    maxRequestBytes: options.maxRequestBytes ?? defaults.ingress.maxRequestBytes,
+    ignoreUnknownJsonFields: options.ignoreUnknownJsonFields ?? defaults.ingress.ignoreUnknownJsonFields,
     async metrics() {
       const registry = host.metrics.registry;
       return { contentType: registry.contentType, text: await registry.metrics() };

@@ -3,6 +3,7 @@ import { type FileHandle, mkdir, open, readdir, readFile, rename, stat, unlink }
 import { dirname, join, resolve } from "node:path";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type LogRecord, LogRecordSchema, type ShardSnapshot, ShardSnapshotSchema } from "@shoal/sdk/internal";
+import { defaults as nodeDefaults } from "../../config/defaults.js";
 import {
   type AppendResult,
   encodeRecords,
@@ -74,7 +75,7 @@ export interface LocalStorageOptions {
 }
 
 const defaults = {
-  fsync: true,
+  fsync: nodeDefaults.storage.fsync,
   segmentBytes: 64 * 1024 * 1024,
   maxGroupBytes: 4 * 1024 * 1024,
   maxGroupDelayMs: 0,

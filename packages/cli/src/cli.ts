@@ -1,9 +1,12 @@
 import { resolve } from "node:path";
+import { type Client, Code, ConnectError, createClient } from "@connectrpc/connect";
+import { codeToString } from "@connectrpc/connect/protocol-connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { ConfigError, defaults, serveConfig, serveUntilSignal, validateConfig } from "@shoal/runtime";
 import { headers as shoalHeaders } from "@shoal/sdk";
+import { Admin } from "@shoal/sdk/internal";
 import { Command, InvalidArgumentError } from "commander";
-import { ConfigError, loadConfig, type ShoalConfig, validateConfig } from "./config/config.js";
-import { installProcessGuard } from "./observe/process-guard.js";
-import { loadModule, missingHandlers, type StartNodeOptions, startNode } from "./run-node.js";
+import { importWithTypeScript, loadModule, missingHandlers } from "./load-module.js";
 
 function intArg(value: string): number {
   const n = Number(value);
@@ -11,33 +14,25 @@ function intArg(value: string): number {
   return n;
 }
 
-async function runUntilSignal(
-  config: ShoalConfig,
-  modulePath: string,
-  banner: (url: string) => string,
-  options?: StartNodeOptions & { readonly missingHandlers?: "refuse" | "warn" },
-) {
-  const functions = await loadModule(modulePath);
-  const missing = options?.missingHandlers !== undefined ? missingHandlers(functions) : [];
-  if (missing.length > 0 && options?.missingHandlers === "refuse") {
-    throw new CliError(
-      `${modulePath} does not implement ${missing.join(", ")}; add them (shoal implement <file> writes stubs) or pass --allow-missing-handlers`,
-    );
-  }
-  const node = await startNode(config, functions, options);
-  if (missing.length > 0) node.runtime.logger.warn(`not implemented, answered Unimplemented: ${missing.join(", ")}`);
-  installProcessGuard(node.runtime.logger);
-  process.stdout.write(banner(node.server.url));
-  const stop = async () => {
-    try {
-      await node.close();
-    } catch (err) {
-      fail(err);
+/** The address the commands that talk to a node use when `--url` is not given: the ingress defaults. */
+const defaultUrl = `http://${defaults.ingress.host}:${defaults.ingress.port}`;
+
+/**
+ * Asks a node's `shoal.v1.Admin` service through its generated client. A node
+ * that cannot be reached becomes a CliError naming the address.
+ */
+async function askAdmin<T>(url: string, ask: (admin: Client<typeof Admin>) => Promise<T>): Promise<T> {
+  const admin = createClient(Admin, createConnectTransport({ baseUrl: url, httpVersion: "1.1", useBinaryFormat: true }));
+  try {
+    return await ask(admin);
+  } catch (err) {
+    // connect-node keeps the socket's error (ECONNREFUSED, ENOTFOUND, ...) as the cause; a server's answer has none.
+    const cause = err instanceof ConnectError ? err.cause : undefined;
+    if (err instanceof ConnectError && err.code === Code.Unavailable && cause instanceof Error && "code" in cause) {
+      throw new CliError(`cannot reach ${url}: ${cause.message}`);
     }
-    process.exit(0);
-  };
-  process.once("SIGINT", stop);
-  process.once("SIGTERM", stop);
+    throw err;
+  }
 }
 
 /** A mistake on the command line or a failure the CLI describes itself: printed without a stack or class name. */
@@ -49,11 +44,13 @@ function fail(err: unknown): never {
   const message =
     err instanceof ErrorAnswer
       ? describeErrorAnswer(err.message)
-      : err instanceof ConfigError || err instanceof CliError || (err instanceof Error && err.name === "ImplementError")
-        ? err.message
-        : err instanceof Error
-          ? `${err.name}: ${err.message}`
-          : String(err);
+      : err instanceof ConnectError
+        ? `${codeToString(err.code)}: ${err.rawMessage}`
+        : err instanceof ConfigError || err instanceof CliError || (err instanceof Error && err.name === "ImplementError")
+          ? err.message
+          : err instanceof Error
+            ? `${err.name}: ${err.message}`
+            : String(err);
   process.stderr.write(`shoal: ${message}\n`);
   process.exit(1);
 }
@@ -66,15 +63,15 @@ export function createCli(): Command {
     .command("dev")
     .description("run the runtime and your functions in one process, on the local durable store; egress messages go to stdout")
     .argument("<module>", "file whose default export is module(...) (.ts is fine)")
-    .option("-p, --port <port>", "ingress port", intArg, 8080)
-    .option("--host <host>", "ingress interface", "127.0.0.1")
-    .option("-d, --data-dir <dir>", "where the local store keeps its files", ".shoal")
-    .option("--shards <n>", "number of shards", intArg, 64)
+    .option("-p, --port <port>", "ingress port", intArg, defaults.ingress.port)
+    .option("--host <host>", "ingress interface", defaults.ingress.host)
+    .option("-d, --data-dir <dir>", "where the local store keeps its files", defaults.storage.directory)
+    .option("--shards <n>", "number of shards", intArg, defaults.shards)
     .option("--memory", "keep state in memory only (lost on exit)")
-    .option("--snapshot-every <records>", "records after which a shard writes a snapshot", intArg, 10_000)
-    .option("--max-request-bytes <bytes>", "largest request body the ingress accepts (default 4 MiB)", intArg)
+    .option("--snapshot-every <records>", "records after which a shard writes a snapshot", intArg, defaults.snapshotEvery)
+    .option("--max-request-bytes <bytes>", "largest request body the ingress accepts", intArg, defaults.ingress.maxRequestBytes)
     .option("--allow-missing-handlers", "start even if the module lacks handlers; they answer Unimplemented")
-    .option("--log-level <level>", "debug, info, warn, error or silent", "info")
+    .option("--log-level <level>", "debug, info, warn, error or silent", defaults.logLevel)
     .action(async (modulePath: string, opts) => {
       try {
         const config = validateConfig({
@@ -84,11 +81,20 @@ export function createCli(): Command {
           snapshotEvery: opts.snapshotEvery,
           log: { level: opts.logLevel },
         });
+        const functions = await loadModule(resolve(modulePath));
+        const missing = missingHandlers(functions);
+        if (missing.length > 0 && !opts.allowMissingHandlers) {
+          throw new CliError(
+            `${modulePath} does not implement ${missing.join(", ")}; add them (shoal implement <file> writes stubs) or pass --allow-missing-handlers`,
+          );
+        }
         // No config file in development: every egress name writes to stdout.
-        await runUntilSignal(config, resolve(modulePath), (url) => `shoal dev: serving ${modulePath} at ${url}\n`, {
+        const node = await serveUntilSignal(config, functions, {
+          banner: (url) => `shoal dev: serving ${modulePath} at ${url}\n`,
           anyEgressToStdout: true,
-          missingHandlers: opts.allowMissingHandlers ? "warn" : "refuse",
+          onCloseError: fail,
         });
+        if (missing.length > 0) node.runtime.logger.warn(`not implemented, answered Unimplemented: ${missing.join(", ")}`);
       } catch (err) {
         fail(err);
       }
@@ -96,13 +102,11 @@ export function createCli(): Command {
 
   program
     .command("serve")
-    .description("run a node as configured in shoal.yaml (the container's entry point)")
+    .description("run a node as configured in shoal.yaml, .ts module included (a container runs shoal-node from @shoal/runtime)")
     .option("-c, --config <file>", "the config file", "shoal.yaml")
     .action(async (opts) => {
       try {
-        const config = loadConfig(opts.config);
-        if (config.functions.module === undefined) throw new ConfigError(`${opts.config}: functions.module: required (the file to run)`);
-        await runUntilSignal(config, config.functions.module, (url) => `shoal serve: listening at ${url}\n`);
+        await serveConfig(opts.config, { command: "shoal serve", importModule: importWithTypeScript, onCloseError: fail });
       } catch (err) {
         fail(err);
       }
@@ -113,7 +117,7 @@ export function createCli(): Command {
     .description("call a handler with JSON in and JSON out (Connect protocol)")
     .argument("<method>", "service and method, e.g. shop.v1.Cart/AddItem")
     .argument("[json]", "the request as JSON", "{}")
-    .option("-u, --url <url>", "the runtime's address", "http://127.0.0.1:8080")
+    .option("-u, --url <url>", "the runtime's address", defaultUrl)
     .option("-k, --idempotency-key <key>", "retries with the same key get the first reply")
     .option("--send", "one-way: return once the message is durably accepted")
     .option("--delay <ms>", "with --send, deliver after this many milliseconds", intArg)
@@ -145,27 +149,19 @@ export function createCli(): Command {
   program
     .command("status")
     .description("the node's shards: instances, pending messages (lag), undelivered outbox, storage group commits")
-    .option("-u, --url <url>", "the runtime's address", "http://127.0.0.1:8080")
+    .option("-u, --url <url>", "the runtime's address", defaultUrl)
     .action(async (opts) => {
       try {
-        const status = JSON.parse((await postJson(opts.url, "shoal.v1.Admin/Status", "{}")).text) as {
-          node?: string;
-          shards?: number;
-          functions?: string[];
-          shardStatus?: Array<Record<string, number | string | undefined>>;
-          storageGroups?: string;
-          storageRecords?: string;
-          storageBytes?: string;
-        };
-        const rows = status.shardStatus ?? [];
-        const sum = (field: string) => rows.reduce((total, r) => total + Number(r[field] ?? 0), 0);
+        const status = await askAdmin(opts.url, (admin) => admin.status({}));
+        const rows = status.shardStatus;
+        const sum = (field: "instances" | "pending" | "outbox" | "memos") => rows.reduce((total, r) => total + r[field], 0);
         const lines = [
-          `node ${status.node ?? "?"}: ${rows.length} of ${status.shards ?? 0} shards open; functions: ${(status.functions ?? []).join(", ")}`,
+          `node ${status.node}: ${rows.length} of ${status.shards} shards open; functions: ${status.functions.join(", ")}`,
           `instances ${sum("instances")}, pending ${sum("pending")}, undelivered outbox ${sum("outbox")}, memos ${sum("memos")}`,
-          `storage: ${status.storageGroups ?? 0} group commits covering ${status.storageRecords ?? 0} records, ${status.storageBytes ?? 0} bytes`,
+          `storage: ${status.storageGroups} group commits covering ${status.storageRecords} records, ${status.storageBytes} bytes`,
           "shard  epoch  sequence  instances  pending  outbox",
           ...rows.map((r) =>
-            [r.shard ?? 0, r.epoch ?? 0, r.sequence ?? 0, r.instances ?? 0, r.pending ?? 0, r.outbox ?? 0]
+            [r.shard, r.epoch, r.sequence, r.instances, r.pending, r.outbox]
               .map((v, i) => String(v).padStart([5, 6, 9, 10, 8, 7][i] ?? 0))
               .join(" "),
           ),
@@ -199,13 +195,10 @@ export function createCli(): Command {
     .description("one instance's state as JSON")
     .argument("<function>", "the function type, e.g. shop.v1.Cart")
     .argument("<key>", "the instance key")
-    .option("-u, --url <url>", "the runtime's address", "http://127.0.0.1:8080")
+    .option("-u, --url <url>", "the runtime's address", defaultUrl)
     .action(async (fn: string, key: string, opts) => {
       try {
-        const res = JSON.parse((await postJson(opts.url, "shoal.v1.Admin/GetState", JSON.stringify({ function: fn, key }))).text) as {
-          found?: boolean;
-          stateJson?: string;
-        };
+        const res = await askAdmin(opts.url, (admin) => admin.getState({ function: fn, key }));
         if (!res.found) throw new CliError(`${fn} ${JSON.stringify(key)} has no state`);
         process.stdout.write(`${res.stateJson}\n`);
       } catch (err) {
@@ -216,17 +209,13 @@ export function createCli(): Command {
     .command("list")
     .description("the keys of a function type's instances, one a line")
     .argument("<function>", "the function type, e.g. shop.v1.Cart")
-    .option("-u, --url <url>", "the runtime's address", "http://127.0.0.1:8080")
-    .option("-n, --limit <n>", "at most this many keys", intArg, 100)
+    .option("-u, --url <url>", "the runtime's address", defaultUrl)
+    .option("-n, --limit <n>", "at most this many keys", intArg, defaults.adminListLimit)
     .option("--after <key>", "only keys after this one (paging)", "")
     .action(async (fn: string, opts) => {
       try {
-        const body = JSON.stringify({ function: fn, limit: opts.limit, after: opts.after });
-        const res = JSON.parse((await postJson(opts.url, "shoal.v1.Admin/ListInstances", body)).text) as {
-          keys?: string[];
-          more?: boolean;
-        };
-        const keys = res.keys ?? [];
+        const res = await askAdmin(opts.url, (admin) => admin.listInstances({ function: fn, limit: opts.limit, after: opts.after }));
+        const keys = res.keys;
         process.stdout.write(keys.map((k) => `${k}\n`).join(""));
         if (res.more) process.stderr.write(`(more: shoal state list ${fn} --after ${JSON.stringify(keys.at(-1) ?? "")})\n`);
       } catch (err) {
@@ -239,23 +228,19 @@ export function createCli(): Command {
     .description("messages that failed for good: consumed without their effects and kept for inspection")
     .command("list")
     .description("the most recent dead letters, oldest first, one a line: when, target, message id, error, request")
-    .option("-u, --url <url>", "the runtime's address", "http://127.0.0.1:8080")
+    .option("-u, --url <url>", "the runtime's address", defaultUrl)
     .option("-f, --function <name>", "only this function type's, e.g. bank.v1.Account")
-    .option("-n, --limit <n>", "at most this many", intArg, 100)
+    .option("-n, --limit <n>", "at most this many", intArg, defaults.adminListLimit)
     .action(async (opts) => {
       try {
-        const body = JSON.stringify({ function: opts.function ?? "", limit: opts.limit });
-        const res = JSON.parse((await postJson(opts.url, "shoal.v1.Admin/ListDeadLetters", body)).text) as {
-          deadLetters?: Array<Record<string, string | number | undefined>>;
-          more?: boolean;
-        };
-        const lines = (res.deadLetters ?? []).map((d) =>
+        const res = await askAdmin(opts.url, (admin) => admin.listDeadLetters({ function: opts.function ?? "", limit: opts.limit }));
+        const lines = res.deadLetters.map((d) =>
           [
-            new Date(Number(d.deadAtMs ?? 0)).toISOString(),
-            `${d.function}/${JSON.stringify(d.key ?? "")}.${d.handler}`,
+            new Date(Number(d.deadAtMs)).toISOString(),
+            `${d.function}/${JSON.stringify(d.key)}.${d.handler}`,
             d.messageId,
             `${d.code}: ${d.error}`,
-            d.requestJson ?? "",
+            d.requestJson,
           ].join("  "),
         );
         process.stdout.write(lines.map((l) => `${l}\n`).join(""));

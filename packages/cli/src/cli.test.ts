@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 const repoRoot = fileURLToPath(new URL("../../../", import.meta.url));
-const bin = join(repoRoot, "packages/runtime/bin/shoal.js");
+const bin = join(repoRoot, "packages/cli/bin/shoal.js");
 const greeterModule = join(repoRoot, "examples/greeter/dist/module.js");
 
 let dir = "";
@@ -375,14 +375,54 @@ describe("shoal call", () => {
   });
 
   it("exits 1 naming the address it cannot reach", async () => {
-    // a port that was free a moment ago
-    const probe = createServer();
-    await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
-    const address = probe.address();
-    const port = typeof address === "object" && address !== null ? address.port : 0;
-    await new Promise<void>((resolve) => probe.close(() => resolve()));
+    const port = await closedPort();
     const { code, stderr } = await run(["call", "greeter.v1.Greeter/Greet", "{}", "--url", `http://127.0.0.1:${port}`]);
     expect(code).toBe(1);
     expect(stderr).toBe(`shoal: cannot reach http://127.0.0.1:${port}/greeter.v1.Greeter/Greet: connect ECONNREFUSED 127.0.0.1:${port}\n`);
   });
 });
+
+describe("shoal status, state and dead-letters (the shoal.v1.Admin client)", () => {
+  it("exit 1 naming the address they cannot reach", async () => {
+    const url = `http://127.0.0.1:${await closedPort()}`;
+    for (const args of [
+      ["status"],
+      ["state", "get", "greeter.v1.Greeter", "joe"],
+      ["state", "list", "greeter.v1.Greeter"],
+      ["dead-letters", "list"],
+    ]) {
+      const { code, stdout, stderr } = await run([...args, "--url", url]);
+      expect({ code, stdout, stderr }).toEqual({
+        code: 1,
+        stdout: "",
+        stderr: `shoal: cannot reach ${url}: connect ECONNREFUSED ${url.slice(7)}\n`,
+      });
+    }
+  });
+
+  it("print the node's Connect error as code: message", async () => {
+    const path = writeFile(
+      "admin.yaml",
+      `storage: { backend: memory }\ningress: { port: 0 }\nfunctions: { module: ${greeterModule} }\nlog: { level: warn }\n`,
+    );
+    const shoal = start(["serve", "--config", path]);
+    const [, url] = await shoal.waitFor(/^shoal serve: listening at (http:\/\/127\.0\.0\.1:\d+)\n/m);
+    const empty = await run(["state", "get", "greeter.v1.Greeter", "", "--url", url as string]);
+    expect(empty).toMatchObject({ code: 1, stderr: "shoal: invalid_argument: key is empty\n" });
+    const letters = await run(["dead-letters", "list", "--function", "shop.v1.Nothing", "--url", url as string]);
+    expect(letters).toMatchObject({ code: 1, stderr: expect.stringMatching(/^shoal: not_found: .*shop\.v1\.Nothing/) });
+    expect(await run(["dead-letters", "list", "--url", url as string])).toMatchObject({ code: 0, stdout: "" });
+    shoal.child.kill("SIGTERM");
+    expect((await shoal.exited).code).toBe(0);
+  });
+});
+
+/** A port that was free a moment ago: nothing listens there. */
+async function closedPort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
+  const address = probe.address();
+  const port = typeof address === "object" && address !== null ? address.port : 0;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  return port;
+}

@@ -1,0 +1,98 @@
+import { parseArgs } from "node:util";
+import type { ShoalModule } from "@shoal/sdk";
+import { ConfigError, loadConfig, type ShoalConfig } from "./config/config.js";
+import { installProcessGuard } from "./observe/process-guard.js";
+import { loadModule, type ModuleImporter, type RunningNode, type StartNodeOptions, startNode } from "./run-node.js";
+
+/** Options of `serveUntilSignal`. */
+export interface ServeOptions extends StartNodeOptions {
+  /** The line written to stdout once the node listens (scripts and tests wait for it). */
+  readonly banner: (url: string) => string;
+  /** Told when closing on a signal fails; the process then exits 1. Default: one line on stderr. */
+  readonly onCloseError?: (err: unknown) => void;
+}
+
+/**
+ * Starts a node, installs the process guard, and on SIGINT or SIGTERM closes
+ * it (requests in flight finish, the store is closed) and exits 0.
+ */
+export async function serveUntilSignal(config: ShoalConfig, functions: ShoalModule, options: ServeOptions): Promise<RunningNode> {
+  const node = await startNode(config, functions, options);
+  installProcessGuard(node.runtime.logger);
+  process.stdout.write(options.banner(node.server.url));
+  const stop = async () => {
+    try {
+      await node.close();
+    } catch (err) {
+      (options.onCloseError ?? ((e) => process.stderr.write(`closing the node failed: ${describe(e)}\n`)))(err);
+      process.exit(1);
+    }
+    process.exit(0);
+  };
+  process.once("SIGINT", stop);
+  process.once("SIGTERM", stop);
+  return node;
+}
+
+/** Options of `serveConfig`. */
+export interface ServeConfigOptions {
+  /** The command's name in the banner: `<command>: listening at <url>`. */
+  readonly command: string;
+  /** How to import `functions.module`; `@shoal/cli` passes one that loads TypeScript. Default: Node's `import()`. */
+  readonly importModule?: ModuleImporter;
+  /** See `ServeOptions.onCloseError`. */
+  readonly onCloseError?: (err: unknown) => void;
+}
+
+/**
+ * Serves a node as the `shoal.yaml` at `configPath` configures it, until
+ * SIGINT or SIGTERM: what `shoal-node` and `shoal serve` do.
+ */
+export async function serveConfig(configPath: string, options: ServeConfigOptions): Promise<RunningNode> {
+  const config = loadConfig(configPath);
+  if (config.functions.module === undefined) throw new ConfigError(`${configPath}: functions.module: required (the file to run)`);
+  const functions = await loadModule(config.functions.module, options.importModule);
+  return serveUntilSignal(config, functions, {
+    banner: (url) => `${options.command}: listening at ${url}\n`,
+    onCloseError: options.onCloseError,
+  });
+}
+
+function describe(err: unknown): string {
+  if (err instanceof ConfigError) return err.message;
+  return err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+}
+
+const usage = `Usage: shoal-node [--config <file>]
+
+Serves a node as the config file (default shoal.yaml) configures it, until
+SIGINT or SIGTERM: the container's entry point. functions.module must be
+JavaScript; @shoal/cli's \`shoal serve\` also loads TypeScript.
+`;
+
+/** The `shoal-node` command (bin/shoal-node.js): `shoal-node [-c|--config shoal.yaml]`. */
+export async function shoalNodeMain(args: readonly string[]): Promise<void> {
+  const fail = (message: string): never => {
+    process.stderr.write(`shoal-node: ${message}\n`);
+    process.exit(1);
+  };
+  let configPath: string;
+  try {
+    const { values } = parseArgs({
+      args: [...args],
+      options: { config: { type: "string", short: "c", default: "shoal.yaml" }, help: { type: "boolean", short: "h" } },
+    });
+    if (values.help) {
+      process.stdout.write(usage);
+      return;
+    }
+    configPath = values.config;
+  } catch (err) {
+    return fail(`${(err as Error).message}\n${usage}`);
+  }
+  try {
+    await serveConfig(configPath, { command: "shoal-node", onCloseError: (err) => fail(describe(err)) });
+  } catch (err) {
+    fail(describe(err));
+  }
+}
