@@ -1,6 +1,7 @@
 // Internals for other storage backends, invokers and tests of the runtime.
 // Not a public API: it changes without notice.
 
+export { mapErrors, toConnectError } from "./http/errors.js";
 export { registerIngress } from "./http/ingress.js";
 export { shardOf } from "./protocol/shard-hash.js";
 export type { Semaphore, Slot } from "./shard/semaphore.js";

@@ -4,7 +4,7 @@ import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@co
 import { headers, keyOf } from "@shoal/sdk";
 import { EnvelopeSchema } from "@shoal/sdk/internal";
 import type { Answer, NodeRuntime } from "../node/runtime.js";
-import { ShardUnavailableError } from "../shard/shard-processor.js";
+import { mapErrors } from "./errors.js";
 
 /**
  * Serves every function service at its standard Connect/gRPC/gRPC-web path.
@@ -57,22 +57,16 @@ export function registerIngress(router: ConnectRouter, runtime: NodeRuntime): vo
           traceparent: ctx.requestHeader.get("traceparent") ?? "",
           acceptedAtMs: BigInt(now),
         });
-        try {
-          if (send) {
-            await runtime.accept(envelope);
-            ctx.responseHeader.set(headers.messageId, id);
-            return create(method.output);
-          }
-          const answer = await runtime.request(envelope, request);
-          return toResponse(answer, method.output);
-        } catch (err) {
-          if (err instanceof ConnectError) throw err;
-          if (err instanceof ShardUnavailableError) throw new ConnectError(err.message, Code.Unavailable);
-          throw new ConnectError(`${fn.typeName}.${info.name}: ${err instanceof Error ? err.message : String(err)}`, Code.Unavailable);
+        if (send) {
+          await runtime.accept(envelope);
+          ctx.responseHeader.set(headers.messageId, id);
+          return create(method.output);
         }
+        const answer = await runtime.request(envelope, request);
+        return toResponse(answer, method.output);
       };
     }
-    router.service(service, impl as never);
+    router.service(service, impl as never, { interceptors: [mapErrors] });
   }
   reportParseErrorsAsInvalidArgument(router);
 }

@@ -5,6 +5,7 @@ import type { ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { NodeRuntime } from "../node/runtime.js";
 import { trackConnections } from "./connections.js";
+import { toConnectError } from "./errors.js";
 import { answerUnrouted, explainRejections } from "./http-answers.js";
 import { shoalRoutes } from "./routes.js";
 
@@ -72,7 +73,7 @@ export async function listen(runtime: NodeRuntime, options: ListenOptions = {}):
           },
           (err) => {
             res.writeHead(500, { "content-type": "text/plain" });
-            res.end(String(err));
+            res.end(toConnectError(err, "GET /metrics").message);
           },
         );
         return;
