@@ -4,5 +4,6 @@
 export * from "./cancellation-token.js";
 export * from "./gen/shoal/v1/admin_pb.js";
 export * from "./gen/shoal/v1/options_pb.js";
+export * from "./gen/shoal/v1/protocol_pb.js";
 export * from "./gen/shoal/v1/storage_pb.js";
 export * from "./invocation.js";

@@ -4,7 +4,7 @@ import { sha256 } from "@noble/hashes/sha2.js";
 import { formatToken } from "./cancellation-token.js";
 import type { BaseContext, CancellationToken, Logger, SendOptions } from "./context.js";
 import { type Address, type AnyFunctionType, formatAddress, type HandlerInfo, handlerByLocalName, keyOf } from "./function-type.js";
-import { type CallResult, CallResultSchema, type Reply, ReplySchema } from "./gen/shoal/v1/storage_pb.js";
+import { type CallResult, CallResultSchema, type Reply, ReplySchema } from "./gen/shoal/v1/protocol_pb.js";
 import { ShoalError } from "./shoal-error.js";
 
 /** A call a handler made that has no result in the journal yet. */
