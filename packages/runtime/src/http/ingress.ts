@@ -1,8 +1,7 @@
-import { createHash, randomUUID } from "node:crypto";
 import { create, type DescService, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { headers, keyOf } from "@shoal/sdk";
-import { EnvelopeSchema } from "@shoal/sdk/internal";
+import { EnvelopeSchema, idempotentRequestId, requestId } from "@shoal/sdk/internal";
 import type { Answer, NodeRuntime } from "../node/runtime.js";
 import { mapErrors } from "./errors.js";
 
@@ -40,10 +39,7 @@ export function registerIngress(router: ConnectRouter, runtime: NodeRuntime): vo
           }
         }
         const now = runtime.clock.now();
-        const id =
-          idempotencyKey !== ""
-            ? `k-${createHash("sha256").update(`${fn.typeName}\u0000${key}\u0000${info.name}\u0000${idempotencyKey}`).digest("base64url")}`
-            : randomUUID();
+        const id = idempotencyKey !== "" ? idempotentRequestId(fn.typeName, key, info.name, idempotencyKey) : requestId();
         const envelope = create(EnvelopeSchema, {
           id,
           target: { type: fn.typeName, key },
