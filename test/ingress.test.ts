@@ -5,6 +5,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { createMemoryStorage, createRuntime, listen, type Runtime, type RuntimeServer } from "@shoal/runtime";
+import { toConnectError } from "@shoal/runtime/internal";
 import { implement, ShoalError } from "@shoal/sdk";
 import { EnvelopeSchema } from "@shoal/sdk/internal";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -286,7 +287,7 @@ describe("raw HTTP", () => {
     });
     const err = await Promise.resolve()
       .then(() => runtime.accept(envelope))
-      .catch((e) => ConnectError.from(e));
+      .catch((e) => toConnectError(e, "greeter.v1.Greeter.Greet"));
     expect(err).toBeInstanceOf(ConnectError);
     expect((err as ConnectError).code).toBe(Code.InvalidArgument);
     expect((err as ConnectError).rawMessage).toContain("greeter.v1.Greeter.Greet: the message cannot be stored");

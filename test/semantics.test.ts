@@ -348,3 +348,23 @@ it("gives a stateless caller its call's result in its own shard, and keeps no jo
     await env.close();
   }
 });
+
+it("ignores a cancellation token with a malformed escape, as any string that is not a token, and commits the invocation", async () => {
+  const env = await createTestEnv({
+    functions: [
+      implement(GreeterFunction, {
+        ...greeter,
+        greet(req, ctx) {
+          ctx.cancel("greeter.v1.Greeter|x|%E0%A4%A");
+          return greeter.greet(req, ctx);
+        },
+      }),
+    ],
+  });
+  try {
+    expect(await env.client(GreeterFunction).greet({ name: "t" })).toMatchObject({ times: 1 });
+    expect(env.stateOf(GreeterFunction, "t")?.times).toBe(1);
+  } finally {
+    await env.close();
+  }
+});

@@ -1,10 +1,11 @@
 // Internals for other storage backends, invokers and tests of the runtime.
 // Not a public API: it changes without notice.
 
+export { mapErrors, toConnectError } from "./http/errors.js";
 export { registerIngress } from "./http/ingress.js";
 export { shardOf } from "./protocol/shard-hash.js";
 export type { Semaphore, Slot } from "./shard/semaphore.js";
 export { createSemaphore, createSlot } from "./shard/semaphore.js";
 export type { RegisteredFunction, ReplyWaiter, ShardHost } from "./shard/shard-processor.js";
-export { memoIdOf, ShardProcessor, ShardUnavailableError } from "./shard/shard-processor.js";
-export { controlHandlers, instanceId, ShardState } from "./shard/shard-state.js";
+export { ShardProcessor, ShardUnavailableError } from "./shard/shard-processor.js";
+export { controlHandlers, ShardState } from "./shard/shard-state.js";

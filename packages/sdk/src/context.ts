@@ -96,7 +96,8 @@ export interface BaseContext {
   /**
    * Cancels a delayed message sent earlier with `ctx.send(.., { delay })`. The
    * cancellation commits with this invocation; a message already delivered is
-   * not affected.
+   * not affected. A string that is not a token `ctx.send` returned is ignored
+   * with a warning in the log.
    *
    * @example
    * if (ctx.state.reminder) ctx.cancel(ctx.state.reminder);

@@ -1,10 +1,10 @@
 import { create, type DescMessage, type DescMethod, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { sha256 } from "@noble/hashes/sha2.js";
-import { formatToken } from "./cancellation-token.js";
 import type { BaseContext, CancellationToken, Logger, SendOptions } from "./context.js";
 import { type Address, type AnyFunctionType, formatAddress, type HandlerInfo, handlerByLocalName, keyOf } from "./function-type.js";
-import { type CallResult, CallResultSchema, type Reply, ReplySchema } from "./gen/shoal/v1/storage_pb.js";
+import { type CallResult, CallResultSchema, type Reply, ReplySchema } from "./gen/shoal/v1/protocol_pb.js";
+import { callId as callIdOf, egressId, formatToken, sendId } from "./ids.js";
 import { ShoalError } from "./shoal-error.js";
 
 /** A call a handler made that has no result in the journal yet. */
@@ -231,7 +231,7 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
 
   async function call(target: AnyFunctionType, info: HandlerInfo, init: unknown): Promise<Message> {
     const n = callCount++;
-    const callId = `${req.invocationId}/${n}`;
+    const callId = callIdOf(req.invocationId, n);
     const message = create(info.method.input, init as never) as Message;
     const payload = toBinary(info.method.input, message);
     const hash = requestHash(payload);
@@ -311,7 +311,7 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
       return proxy(t, (info) => (init: unknown) => {
         const message = create(info.method.input, init as never) as Message;
         const { address } = targetOf(t, info.name, message);
-        const id = `${req.invocationId}:s${sendCount++}`;
+        const id = sendId(req.invocationId, sendCount++);
         const delayMs = Math.max(0, Math.round(options?.delay ?? 0));
         sends.push({ id, target: address, handler: info.name, request: message, payload: toBinary(info.method.input, message), delayMs });
         return formatToken({ target: address, messageId: id });
@@ -327,7 +327,7 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
         typeName: schema.typeName,
         message: m,
         payload: toBinary(schema, m as never),
-        id: `${req.invocationId}:e${egressCount++}`,
+        id: egressId(req.invocationId, egressCount++),
       });
     },
   };

@@ -1,8 +1,9 @@
 import { fromBinary, toJsonString } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, type ServiceImpl } from "@connectrpc/connect";
 import { Admin } from "@shoal/sdk/internal";
 import { defaults } from "../config/defaults.js";
 import type { NodeRuntime } from "../node/runtime.js";
+import { mapErrors } from "./errors.js";
 
 /**
  * Serves `shoal.v1.Admin`: status, instance state, instance keys and dead
@@ -19,7 +20,7 @@ export function registerAdmin(router: ConnectRouter, runtime: NodeRuntime): void
       throw new ConnectError(`${name} is stateless: it has no instances`, Code.FailedPrecondition);
     return registered.fn;
   }
-  router.service(Admin, {
+  const admin: ServiceImpl<typeof Admin> = {
     status() {
       const storage = runtime.storageStats();
       return {
@@ -78,7 +79,8 @@ export function registerAdmin(router: ConnectRouter, runtime: NodeRuntime): void
         more: letters.length > limit,
       };
     },
-  });
+  };
+  router.service(Admin, admin, { interceptors: [mapErrors] });
 
   /** The request as canonical JSON, or "" when its handler is unknown here or the bytes do not decode. */
   function requestJson(type: string, handler: string, payload: Uint8Array): string {

@@ -1,10 +1,9 @@
-import { createHash, randomUUID } from "node:crypto";
 import { create, type DescService, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { headers, keyOf } from "@shoal/sdk";
-import { EnvelopeSchema } from "@shoal/sdk/internal";
+import { EnvelopeSchema, idempotentRequestId, requestId } from "@shoal/sdk/internal";
 import type { Answer, NodeRuntime } from "../node/runtime.js";
-import { ShardUnavailableError } from "../shard/shard-processor.js";
+import { mapErrors } from "./errors.js";
 
 /**
  * Serves every function service at its standard Connect/gRPC/gRPC-web path.
@@ -40,10 +39,7 @@ export function registerIngress(router: ConnectRouter, runtime: NodeRuntime): vo
           }
         }
         const now = runtime.clock.now();
-        const id =
-          idempotencyKey !== ""
-            ? `k-${createHash("sha256").update(`${fn.typeName}\u0000${key}\u0000${info.name}\u0000${idempotencyKey}`).digest("base64url")}`
-            : randomUUID();
+        const id = idempotencyKey !== "" ? idempotentRequestId(fn.typeName, key, info.name, idempotencyKey) : requestId();
         const envelope = create(EnvelopeSchema, {
           id,
           target: { type: fn.typeName, key },
@@ -57,22 +53,16 @@ export function registerIngress(router: ConnectRouter, runtime: NodeRuntime): vo
           traceparent: ctx.requestHeader.get("traceparent") ?? "",
           acceptedAtMs: BigInt(now),
         });
-        try {
-          if (send) {
-            await runtime.accept(envelope);
-            ctx.responseHeader.set(headers.messageId, id);
-            return create(method.output);
-          }
-          const answer = await runtime.request(envelope, request);
-          return toResponse(answer, method.output);
-        } catch (err) {
-          if (err instanceof ConnectError) throw err;
-          if (err instanceof ShardUnavailableError) throw new ConnectError(err.message, Code.Unavailable);
-          throw new ConnectError(`${fn.typeName}.${info.name}: ${err instanceof Error ? err.message : String(err)}`, Code.Unavailable);
+        if (send) {
+          await runtime.accept(envelope);
+          ctx.responseHeader.set(headers.messageId, id);
+          return create(method.output);
         }
+        const answer = await runtime.request(envelope, request);
+        return toResponse(answer, method.output);
       };
     }
-    router.service(service, impl as never);
+    router.service(service, impl as never, { interceptors: [mapErrors] });
   }
   reportParseErrorsAsInvalidArgument(router);
 }

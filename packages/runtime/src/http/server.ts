@@ -6,6 +6,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { defaults } from "../config/defaults.js";
 import type { NodeRuntime } from "../node/runtime.js";
 import { trackConnections } from "./connections.js";
+import { toConnectError } from "./errors.js";
 import { answerUnrouted, explainRejections } from "./http-answers.js";
 import { shoalRoutes } from "./routes.js";
 
@@ -73,7 +74,7 @@ export async function listen(runtime: NodeRuntime, options: ListenOptions = {}):
           },
           (err) => {
             res.writeHead(500, { "content-type": "text/plain" });
-            res.end(String(err));
+            res.end(toConnectError(err, "GET /metrics").message);
           },
         );
         return;

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { createRegistry, type DescFile, type DescMessage, fromBinary, type Message, type MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { type FunctionType, type Implementation, isModule, type Logger, type ShoalModule } from "@shoal/sdk";
 import { type DeadLetter, type EgressMessage, type Envelope, errorReply, type Reply } from "@shoal/sdk/internal";
 import type { Logger as PinoLogger } from "pino";
@@ -20,7 +20,7 @@ import {
   ShardUnavailableError,
 } from "../shard/shard-processor.js";
 import { controlHandlers } from "../shard/shard-state.js";
-import { RecordEncodingError, type StorageBackend } from "../storage/storage.js";
+import type { StorageBackend } from "../storage/storage.js";
 
 /** How often idle shards are asked whether a snapshot is due by bytes or age. */
 const snapshotCheckMs = 1_000;
@@ -133,7 +133,11 @@ export interface NodeRuntime {
    * when the reply cannot be had now (nothing committed it): retry then.
    */
   request(envelope: Envelope, decodedRequest?: Message): Promise<Answer>;
-  /** Accepts a one-way message; resolves once it is durable. */
+  /**
+   * Accepts a one-way message; resolves once it is durable. Throws
+   * `RecordEncodingError` when the message cannot be stored (the http layer
+   * answers InvalidArgument), `ShardUnavailableError` when its shard is not open.
+   */
   accept(envelope: Envelope): Promise<void>;
   readonly clock: Clock;
   readonly logger: Logger;
@@ -312,15 +316,7 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
       });
     },
     accept(envelope) {
-      try {
-        return processorFor(shardFor(envelope)).submit(envelope);
-      } catch (err) {
-        if (!(err instanceof RecordEncodingError)) throw err;
-        throw new ConnectError(
-          `${envelope.target?.type}.${envelope.handler}: the message cannot be stored, it was not accepted: ${err.message}`,
-          Code.InvalidArgument,
-        );
-      }
+      return processorFor(shardFor(envelope)).submit(envelope);
     },
     stateOf(fn, key) {
       const processor = processorFor(shardOf(fn.typeName, key, shards));

@@ -7,6 +7,8 @@ import {
   type CancellationSchema,
   type Commit,
   CommitSchema,
+  callResultId,
+  cancelId,
   type DeadLetter,
   type DeadLetterSchema,
   type EgressMessage,
@@ -15,9 +17,11 @@ import {
   EnvelopeSchema,
   errorReply,
   type InvocationOutcome,
+  instanceId,
   type LogRecord,
   LogRecordSchema,
   type MemoSchema,
+  memoIdOf,
   type OutboxEntry,
   parseToken,
   type Reply,
@@ -30,7 +34,7 @@ import type { RuntimeMetrics } from "../observe/metrics.js";
 import { RecordEncodingError, type ShardLog } from "../storage/storage.js";
 import type { Clock } from "./clock.js";
 import { createSlot, type Semaphore, type Slot } from "./semaphore.js";
-import { controlHandlers, instanceId, ShardState } from "./shard-state.js";
+import { controlHandlers, ShardState } from "./shard-state.js";
 
 /** A registered function type and its handlers. */
 export interface RegisteredFunction {
@@ -130,16 +134,6 @@ export class ShardUnavailableError extends Error {
 }
 
 const textEncoder = new TextEncoder();
-
-/** The dedup id under which a message's reply is memoized, if any. */
-export function memoIdOf(envelope: Envelope): string | undefined {
-  if (envelope.callId !== "") return `call\u0000${envelope.callId}`;
-  if (envelope.idempotencyKey !== "") {
-    const t = envelope.target;
-    return `idem\u0000${t?.type ?? ""}\u0000${t?.key ?? ""}\u0000${envelope.handler}\u0000${envelope.idempotencyKey}`;
-  }
-  return undefined;
-}
 
 /** The identity of a request for idempotency: its handler and payload. */
 function envelopeHash(envelope: Envelope): Uint8Array {
@@ -785,7 +779,7 @@ export class ShardProcessor {
       } else {
         outbox.push(
           create(EnvelopeSchema, {
-            id: `${envelope.id}:c${cancellations.length}:${parts.messageId}`,
+            id: cancelId(envelope.id, cancellations.length, parts.messageId),
             target: parts.target,
             handler: controlHandlers.cancel,
             payload: textEncoder.encode(parts.messageId),
@@ -828,7 +822,7 @@ export class ShardProcessor {
       outbox.push(
         stamp(
           create(EnvelopeSchema, {
-            id: `${envelope.id}:r`,
+            id: callResultId(envelope.id),
             target: replyTo.value.caller,
             shard: replyTo.value.shard,
             handler: controlHandlers.callResult,

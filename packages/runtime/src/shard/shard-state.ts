@@ -5,6 +5,7 @@ import {
   type DeadLetter,
   type EgressMessage,
   type Envelope,
+  instanceId,
   type LogRecord,
   type Memo,
   type ShardSnapshot,
@@ -30,10 +31,6 @@ export const controlHandlers = {
 
 /** Dead letters a shard keeps (the most recent); older ones are dropped as new ones come. */
 export const deadLetterRetention = 1000;
-
-export function instanceId(type: string, key: string): string {
-  return `${type}\u0000${key}`;
-}
 
 /**
  * A shard's durable state as a deterministic function of its log: the live
