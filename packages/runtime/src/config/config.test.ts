@@ -34,7 +34,7 @@ describe("validateConfig", () => {
     retry: { maxAttempts: 5, initialDelayMs: 100, maxDelayMs: 5_000 },
     memoRetentionMs: 24 * 3600_000,
     snapshotEvery: 10_000,
-    snapshotLogBytes: 128 * 1024 * 1024,
+    snapshotLogBytes: 32 * 1024 * 1024,
     snapshotAfterMs: 600_000,
     maxConcurrentInvocations: 1024,
     egress: {},

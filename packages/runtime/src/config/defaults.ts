@@ -14,8 +14,13 @@ export const defaults = {
   memoRetentionMs: 24 * 3600_000,
   /** Records after which a shard writes a snapshot. */
   snapshotEvery: 10_000,
-  /** Bytes of log the node may write after a shard's oldest record no snapshot covers before that shard writes a snapshot (128 MiB, two segments of the local store). */
-  snapshotLogBytes: 128 * 1024 * 1024,
+  /**
+   * Bytes of log the node may write after a shard's oldest record no snapshot
+   * covers before that shard writes a snapshot (32 MiB, two segments of the
+   * local store). The log on disk stays near this plus a segment, and a
+   * restart replays at most that: see bench/RESULTS.md, `bench:restart`.
+   */
+  snapshotLogBytes: 32 * 1024 * 1024,
   /** Age of a shard's oldest record no snapshot covers at which it writes one, in ms (10 minutes). */
   snapshotAfterMs: 10 * 60_000,
   /** Log level of the default logger (JSON lines on stderr). */

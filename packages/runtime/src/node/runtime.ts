@@ -45,7 +45,7 @@ export interface RuntimeOptions {
    * Bytes of log the node may write after a shard's oldest record that no
    * snapshot covers before that shard writes a snapshot. This bounds the log
    * on disk (to about this plus one segment), and so the time a restart
-   * takes, whatever the number of shards. Default 128 MiB.
+   * takes, whatever the number of shards. Default 32 MiB.
    */
   readonly snapshotLogBytes?: number;
   /** Age of a shard's oldest record that no snapshot covers at which it writes one, in ms. Default 10 minutes. */

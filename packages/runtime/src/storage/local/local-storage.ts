@@ -50,7 +50,7 @@ export interface LocalStorageOptions {
   fsync?: boolean;
   /**
    * Size at which the active log segment is closed and a new one started.
-   * Default 64 MiB. Space is given back a whole segment at a time, once
+   * Default 16 MiB. Space is given back a whole segment at a time, once
    * snapshots cover all its records.
    */
   segmentBytes?: number;
@@ -76,7 +76,9 @@ export interface LocalStorageOptions {
 
 const defaults = {
   fsync: nodeDefaults.storage.fsync,
-  segmentBytes: 64 * 1024 * 1024,
+  // Small enough that a segment fills, and can be deleted once snapshots
+  // cover it, well within the snapshot budget (config/defaults.ts).
+  segmentBytes: 16 * 1024 * 1024,
   maxGroupBytes: 4 * 1024 * 1024,
   maxGroupDelayMs: 0,
   onWarning: (message: string) => process.emitWarning(message, "ShoalStorageWarning"),
