@@ -66,7 +66,8 @@ it("works as the README tells it", { timeout: 120_000 }, async () => {
 
   // Step 5: the curl line and its promised output.
   const lines = readme.split("\n");
-  const curlAt = lines.findIndex((l) => l.startsWith("curl -s http://127.0.0.1:8080/hello.v1.Counter/Add"));
+  // The last one: the new-project path above the walk-through has the same line (test/standalone-project.test.ts runs it).
+  const curlAt = lines.findLastIndex((l) => l.startsWith("curl -s http://127.0.0.1:8080/hello.v1.Counter/Add"));
   const curl = (lines[curlAt] as string).replace("http://127.0.0.1:8080", started.url);
   expect(execFileSync("bash", ["-c", curl], { encoding: "utf8" }).trim()).toBe((lines[curlAt + 1] as string).replace(/^# /, ""));
   const call = execFileSync(process.execPath, [shoalBin, "call", "hello.v1.Counter/Get", '{"name":"ada"}', "--url", started.url], {

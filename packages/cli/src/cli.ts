@@ -46,7 +46,9 @@ function fail(err: unknown): never {
       ? describeErrorAnswer(err.message)
       : err instanceof ConnectError
         ? `${codeToString(err.code)}: ${err.rawMessage}`
-        : err instanceof ConfigError || err instanceof CliError || (err instanceof Error && err.name === "ImplementError")
+        : err instanceof ConfigError ||
+            err instanceof CliError ||
+            (err instanceof Error && (err.name === "ImplementError" || err.name === "InitError"))
           ? err.message
           : err instanceof Error
             ? `${err.name}: ${err.message}`
@@ -58,6 +60,21 @@ function fail(err: unknown): never {
 /** The `shoal` command line. */
 export function createCli(): Command {
   const program = new Command("shoal").description("Typed stateful functions: run, call and inspect Shoal functions");
+
+  program
+    .command("init")
+    .description("write a new project into <dir>: proto, handlers, a test, buf and TypeScript config, npm scripts")
+    .argument("<dir>", "the project folder (new or empty)")
+    .option("--from <dir>", "depend on the Shoal packages' npm pack tarballs in this folder instead of the registry")
+    .action(async (dir: string, opts) => {
+      try {
+        const { init } = await import("./init.js");
+        init(dir, { from: opts.from });
+        process.stdout.write(`created ${dir}; next:\n  cd ${dir}\n  npm install\n  npm run generate\n  npm test\n  npm run dev\n`);
+      } catch (err) {
+        fail(err);
+      }
+    });
 
   program
     .command("dev")
