@@ -25,6 +25,7 @@ export interface EmbeddedInvokerOptions {
  */
 export function createEmbeddedInvoker(options: EmbeddedInvokerOptions): Invoker {
   return {
+    inProcess: true,
     async invoke(request: InvokeRequest) {
       const outcomes: MessageOutcome[] = [];
       let state = request.state;

@@ -14,6 +14,14 @@ import type { CallResult, Envelope, Reply } from "@shoal/sdk/internal";
  */
 export interface Invoker {
   /**
+   * Set by an invoker that runs handlers in this process: it may get a
+   * request already decoded (`InvokeMessage.decoded`, with an empty payload)
+   * and may answer with the reply message itself (`output`), which saves a
+   * protobuf round trip per request. Otherwise every request reaches it as
+   * bytes and every reply must be bytes.
+   */
+  readonly inProcess?: boolean;
+  /**
    * Runs the messages in order on the state each previous one leaves. Stops
    * after the first message that suspends or fails: the outcomes hold that
    * one last, and the messages after it did not run.
@@ -35,12 +43,11 @@ export interface InvokeMessage {
   /** The call results so far, in call order. */
   readonly journal: readonly CallResult[];
   /**
-   * The request already decoded, when it came from an in-process ingress:
-   * an invoker in process may use it instead of the payload (then the
-   * payload may be empty); a remote invoker never gets this.
+   * The request already decoded, when it came from an in-process ingress
+   * (then the payload may be empty); only an `inProcess` invoker gets it.
    */
   readonly decoded?: Message;
-  /** False when only `output` is needed (an in-process waiter, nothing to memoize). Default true. */
+  /** False when only `output` is needed (an in-process waiter, nothing to memoize; `inProcess` invokers only). Default true. */
   readonly encodeReply?: boolean;
 }
 

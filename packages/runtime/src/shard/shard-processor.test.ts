@@ -7,7 +7,7 @@ import { implement, type Logger } from "@shoal/sdk";
 import { CallResultInputSchema, type Envelope, EnvelopeSchema, okReply, type Reply } from "@shoal/sdk/internal";
 import { afterEach, describe, expect, it } from "vitest";
 import { account } from "../../../../examples/bank/src/account.js";
-import { AccountStateSchema } from "../../../../examples/bank/src/gen/bank/v1/account_pb.js";
+import { AccountStateSchema, DepositRequestSchema } from "../../../../examples/bank/src/gen/bank/v1/account_pb.js";
 import { AccountFunction } from "../../../../examples/bank/src/gen/bank/v1/account_shoal.js";
 import { CallCycles } from "../invoker/call-cycles.js";
 import type { InvokeRequest, InvokeResponse, Invoker } from "../invoker/invoker.js";
@@ -215,11 +215,27 @@ describe("ShardProcessor with a scripted invoker", () => {
     expect(t.requests).toHaveLength(3);
   });
 
+  it("gives an invoker that does not run in this process the request as bytes, also when the ingress passed it decoded", async () => {
+    const t = await shardWith(async (req) => done(req, 1n));
+    const decoded = create(DepositRequestSchema, { account: "a", amount: 7n });
+    const envelope = create(EnvelopeSchema, {
+      id: "m",
+      target: { type, key: "a" },
+      handler: "Deposit",
+      replyTo: { kind: { case: "ingress", value: { node: "node-1", request: "m" } } },
+    });
+    const reply = new Promise((resolve) => void t.shard.submit(envelope, resolve, decoded));
+    expect(await reply).toMatchObject({ result: { case: "ok" } });
+    const message = t.requests[0]?.messages[0];
+    expect(message?.decoded).toBeUndefined();
+    expect(message?.envelope.payload).toEqual(toBinary(DepositRequestSchema, decoded));
+  });
+
   it("refuses effects for another instance: nothing of them commits, the refusal is logged and counted", async () => {
     const t = await shardWith(async (req) => ({ ...done(req, 99n), address: { type, key: "other" } }));
     const reply = await request(t.shard, "m", "a");
     const refused =
-      'bank.v1.Account.Deposit (key "a"): the invoker answered for instance bank.v1.Account/other, not bank.v1.Account/a; its effects are refused';
+      'bank.v1.Account.Deposit (key "a"): the invoker answered for instance bank.v1.Account/other, not bank.v1.Account/a; its effects are refused (a bug in the invoker: it must answer for the instance it was given)';
     expect(reply).toMatchObject({
       result: { case: "error", value: { code: Code.Internal, message: `bank.v1.Account.Deposit failed after 3 attempts: ${refused}` } },
     });

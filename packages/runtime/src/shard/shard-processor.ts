@@ -630,25 +630,28 @@ export class ShardProcessor {
         () =>
           reject(
             new Error(
-              `${describe(envelope)}: the invoker did not answer within ${timeoutMs} ms (invokeTimeoutMs); the invocation is abandoned`,
+              `${describe(envelope)}: the invoker did not answer within ${timeoutMs} ms (invokeTimeoutMs); the run is abandoned (raise invokeTimeoutMs if handlers need longer)`,
             ),
           ),
         timeoutMs,
       );
     });
     let response: Awaited<ReturnType<Invoker["invoke"]>>;
+    const inProcess = this.invoker.inProcess === true;
     try {
       const invoked = this.invoker.invoke({
         address: self,
         state: stateful ? this.state.instances.get(instanceId(self.type, self.key))?.state : undefined,
         messages: [
-          {
-            envelope,
-            journal: this.journalOf(envelope.id),
-            decoded: this.decodedRequests.get(envelope),
-            // Only an in-process ingress waiter with nothing to memoize can take the message itself.
-            encodeReply: !(envelope.replyTo?.kind.case === "ingress" && memoIdOf(envelope) === undefined),
-          },
+          inProcess
+            ? {
+                envelope,
+                journal: this.journalOf(envelope.id),
+                decoded: this.decodedRequests.get(envelope),
+                // Only an in-process ingress waiter with nothing to memoize can take the message itself.
+                encodeReply: !(envelope.replyTo?.kind.case === "ingress" && memoIdOf(envelope) === undefined),
+              }
+            : { envelope: this.withPayload(envelope), journal: this.journalOf(envelope.id) },
         ],
       });
       invoked.catch(() => {});
@@ -660,7 +663,7 @@ export class ShardProcessor {
     }
     const got = response.address;
     if (got?.type !== self.type || got.key !== self.key) {
-      const message = `${describe(envelope)}: the invoker answered for instance ${got?.type}/${got?.key}, not ${self.type}/${self.key}; its effects are refused`;
+      const message = `${describe(envelope)}: the invoker answered for instance ${got?.type}/${got?.key}, not ${self.type}/${self.key}; its effects are refused (a bug in the invoker: it must answer for the instance it was given)`;
       log.error(message);
       this.host.metrics.invokerRefused(self.type, envelope.handler);
       return { status: "failed", retryable: true, message };
@@ -1011,6 +1014,13 @@ export class ShardProcessor {
     } catch (err) {
       return Promise.reject(err);
     }
+  }
+
+  /** The envelope with its request's bytes (an ingress request travels decoded). */
+  private withPayload(envelope: Envelope): Envelope {
+    return envelope.payload.length > 0 || !this.decodedRequests.has(envelope)
+      ? envelope
+      : { ...envelope, payload: this.requestBytes(envelope) };
   }
 
   /** The request's bytes, for a dead letter (an ingress request travels decoded). */
