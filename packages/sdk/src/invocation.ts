@@ -63,8 +63,8 @@ export interface InvocationEffects {
  *   `effects` commit (no effects with an error reply). With `poison`, the
  *   request, state or result could not be decoded or encoded: a re-run would
  *   fail the same way, so the runtime dead-letters the message instead.
- * - `suspended`: it awaits calls the invoker chose not to run inline (remote
- *   functions); re-run it with their results in the journal.
+ * - `suspended`: it awaits calls the invoker chose not to run inline (the
+ *   runtime's invokers never do); re-run it with their results in the journal.
  * - `retry`: it threw something else; run it again later with the same journal.
  * - `interrupted`: `issueCall` rejected, so a call's reply is unknown (the
  *   runtime could not get the callee's committed reply). Whatever the handler
@@ -111,9 +111,9 @@ export interface InvocationRequest {
   readonly journal: readonly CallResult[];
   readonly log: Logger;
   /**
-   * Runs a call that is not in the journal. Return its reply (the embedded
-   * invoker awaits the callee), or `"suspend"` to end this run and re-run once
-   * the reply is known (remote functions). Resolve only with the callee's
+   * Runs a call that is not in the journal. Return its reply (an inline
+   * runner such as `@shoal/testing`'s `runHandler`), or `"suspend"` to end
+   * this run and re-run once the reply is in the journal (the runtime). Resolve only with the callee's
    * committed reply (or an answer that is final for this call id); reject
    * when the reply is unknown: the outcome is then `interrupted`.
    */
