@@ -87,6 +87,41 @@ describe("call cycles", () => {
   });
 });
 
+describe("calls", () => {
+  it("a handler awaiting calls in parallel runs again once all their replies are in, whatever order they arrive in", async () => {
+    let runs = 0;
+    const env = await createTestEnv({
+      functions: [
+        implement(AccountFunction, {
+          ...account,
+          async transfer(req, ctx) {
+            runs++;
+            // Split between two accounts at once; each deposit commits on its own shard.
+            const half = req.amount / 2n;
+            const [first, second] = await Promise.all(
+              ["x", "y"].map((to) => ctx.call(AccountFunction).deposit(deposit(`${req.to}-${to}`, half, req.transferId))),
+            );
+            ctx.state.balance -= req.amount;
+            return { transferId: req.transferId, balance: (first?.balance ?? 0n) + (second?.balance ?? 0n) };
+          },
+        }),
+      ],
+    });
+    try {
+      const client = env.client(AccountFunction);
+      await client.deposit(deposit("p", 100n));
+      expect(await client.transfer({ account: "p", to: "q", amount: 40n, transferId: "split" })).toMatchObject({ balance: 40n });
+      expect(env.stateOf(AccountFunction, "p")?.balance).toBe(60n);
+      expect(env.stateOf(AccountFunction, "q-x")?.balance).toBe(20n);
+      expect(env.stateOf(AccountFunction, "q-y")?.balance).toBe(20n);
+      // Suspended on both calls once, run again with both replies: two runs, not one per call.
+      expect(runs).toBe(2);
+    } finally {
+      await env.close();
+    }
+  });
+});
+
 describe("ordering and concurrency", () => {
   it("runs exclusive handlers of one instance one at a time, in arrival order", async () => {
     const env = await createTestEnv({ functions: [implement(AccountFunction, account)] });

@@ -45,6 +45,7 @@ describe("the table of defaults", () => {
       functions: { module: undefined },
       retry: { ...defaults.retry },
       memoRetentionMs: defaults.memoRetentionMs,
+      invokeTimeoutMs: defaults.invokeTimeoutMs,
       snapshotEvery: defaults.snapshotEvery,
       snapshotLogBytes: defaults.snapshotLogBytes,
       snapshotAfterMs: defaults.snapshotAfterMs,

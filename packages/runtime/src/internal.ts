@@ -3,6 +3,20 @@
 
 export { mapErrors, toConnectError } from "./http/errors.js";
 export { registerIngress } from "./http/ingress.js";
+export { CallCycles } from "./invoker/call-cycles.js";
+export { createEmbeddedInvoker, type EmbeddedInvokerOptions } from "./invoker/embedded-invoker.js";
+export type {
+  AwaitedCall,
+  Effects,
+  EgressEffect,
+  InvokeMessage,
+  InvokeRequest,
+  InvokeResponse,
+  Invoker,
+  MessageOutcome,
+  SendEffect,
+  StateEffect,
+} from "./invoker/invoker.js";
 export { shardOf } from "./protocol/shard-hash.js";
 export type { Semaphore, Slot } from "./shard/semaphore.js";
 export { createSemaphore, createSlot } from "./shard/semaphore.js";

@@ -70,6 +70,7 @@ export async function startNode(config: ShoalConfig, functions: ShoalModule, opt
       shards: config.shards,
       retry: config.retry,
       memoRetentionMs: config.memoRetentionMs,
+      invokeTimeoutMs: config.invokeTimeoutMs,
       snapshotEvery: config.snapshotEvery,
       snapshotLogBytes: config.snapshotLogBytes,
       snapshotAfterMs: config.snapshotAfterMs,

@@ -63,8 +63,8 @@ export interface InvocationEffects {
  *   `effects` commit (no effects with an error reply). With `poison`, the
  *   request, state or result could not be decoded or encoded: a re-run would
  *   fail the same way, so the runtime dead-letters the message instead.
- * - `suspended`: it awaits calls the invoker chose not to run inline (remote
- *   functions); re-run it with their results in the journal.
+ * - `suspended`: it awaits calls the invoker chose not to run inline (the
+ *   runtime's invokers never do); re-run it with their results in the journal.
  * - `retry`: it threw something else; run it again later with the same journal.
  * - `interrupted`: `issueCall` rejected, so a call's reply is unknown (the
  *   runtime could not get the callee's committed reply). Whatever the handler
@@ -103,19 +103,17 @@ export interface InvocationRequest {
    * encoding (and the decoding on its side).
    */
   readonly encodeReply?: boolean;
-  /** Whether `issueCall` may answer "suspend". Default true; the embedded invoker never suspends. */
+  /** Whether `issueCall` may answer "suspend". Default true. */
   readonly canSuspend?: boolean;
   /** The committed state, binary protobuf; `undefined` for a new instance or a stateless function. */
   readonly state: Uint8Array | undefined;
-  /** Results of calls made by earlier runs of this invocation, in call order. */
+  /** Results of calls made by earlier runs of this invocation (in call order, or any order). */
   readonly journal: readonly CallResult[];
-  /** Instances locked awaiting this invocation, outermost first (`type/key`). */
-  readonly callChain: readonly string[];
   readonly log: Logger;
   /**
-   * Runs a call that is not in the journal. Return its reply (the embedded
-   * invoker awaits the callee), or `"suspend"` to end this run and re-run once
-   * the reply is known (remote functions). Resolve only with the callee's
+   * Runs a call that is not in the journal. Return its reply (an inline
+   * runner such as `@shoal/testing`'s `runHandler`), or `"suspend"` to end
+   * this run and re-run once the reply is in the journal (the runtime). Resolve only with the callee's
    * committed reply (or an answer that is final for this call id); reject
    * when the reply is unknown: the outcome is then `interrupted`.
    */
@@ -236,7 +234,8 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
     const payload = toBinary(info.method.input, message);
     const hash = requestHash(payload);
     const { address } = targetOf(target, info.name, message);
-    const recorded = journal[n];
+    // Results arrive in any order when calls run in parallel: find this one by its id.
+    const recorded = journal[n]?.callId === callId ? journal[n] : journal.find((r) => r.callId === callId);
     let reply: Reply;
     if (recorded !== undefined) {
       if (
@@ -263,11 +262,6 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
         requestHash: hash,
         shared: info.shared,
       };
-      const chainEntry = formatAddress(address);
-      if (!info.shared && target.state !== undefined && (req.callChain.includes(chainEntry) || chainEntry === formatAddress(req.self))) {
-        const cycle = [...req.callChain, formatAddress(req.self), chainEntry];
-        throw new ShoalError(Code.FailedPrecondition, `call cycle: ${cycle.join(" -> ")} (the instance is locked awaiting this call)`);
-      }
       const issued = req.issueCall(outgoing);
       if (issued === "suspend" && suspension === undefined)
         throw new Error("issueCall suspended an invocation started with canSuspend: false");

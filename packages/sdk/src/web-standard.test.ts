@@ -55,7 +55,7 @@ describe("@shoal/sdk without node: built-ins", () => {
       const payload = toBinary(info.method.input, create(info.method.input, { name: "web" }));
       const outcome = await internal.runInvocation({
         fn, handlers, handler: info, invocationId: "i1", self: { type: fn.typeName, key: "web" }, caller: undefined,
-        payload, state: undefined, journal: [], callChain: [], log: console, issueCall: () => "suspend",
+        payload, state: undefined, journal: [], log: console, issueCall: () => "suspend",
       });
       console.log(typeof sdk.ShoalError, outcome.status, outcome.reply.result.case, internal.requestHash(payload).length);
     `);

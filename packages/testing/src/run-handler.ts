@@ -224,7 +224,6 @@ export async function runHandler<F extends AnyFunctionType, K extends keyof Meth
     payload: toBinary(info.method.input, message),
     state: initialState,
     journal: [],
-    callChain: [],
     log: recordingLogger(logs),
     issueCall: async (call): Promise<Reply> => {
       const name = `${call.target.type}.${call.handler}`;

@@ -33,6 +33,7 @@ describe("validateConfig", () => {
     functions: { module: undefined },
     retry: { maxAttempts: 5, initialDelayMs: 100, maxDelayMs: 5_000 },
     memoRetentionMs: 24 * 3600_000,
+    invokeTimeoutMs: 60_000,
     snapshotEvery: 10_000,
     snapshotLogBytes: 32 * 1024 * 1024,
     snapshotAfterMs: 600_000,
@@ -75,6 +76,7 @@ describe("validateConfig", () => {
         functions: { module: "m.js" },
         retry: { maxAttempts: 1, initialDelayMs: 0, maxDelayMs: 0 },
         memoRetentionMs: 60_000,
+        invokeTimeoutMs: 5_000,
         snapshotEvery: 1,
         snapshotLogBytes: 4096,
         snapshotAfterMs: 1000,
@@ -99,6 +101,7 @@ describe("validateConfig", () => {
       functions: { module: "/srv/app/m.js" },
       retry: { maxAttempts: 1, initialDelayMs: 0, maxDelayMs: 0 },
       memoRetentionMs: 60_000,
+      invokeTimeoutMs: 5_000,
       snapshotEvery: 1,
       snapshotLogBytes: 4096,
       snapshotAfterMs: 1000,
@@ -129,7 +132,7 @@ describe("validateConfig", () => {
       [
         "an unknown top-level key",
         { shard: 4 },
-        "shard: unknown key (expected one of: shards, ingress, storage, functions, retry, memoRetentionMs, snapshotEvery, snapshotLogBytes, snapshotAfterMs, maxConcurrentInvocations, egress, log)",
+        "shard: unknown key (expected one of: shards, ingress, storage, functions, retry, memoRetentionMs, invokeTimeoutMs, snapshotEvery, snapshotLogBytes, snapshotAfterMs, maxConcurrentInvocations, egress, log)",
       ],
       [
         "an unknown ingress key",
@@ -179,6 +182,7 @@ describe("validateConfig", () => {
         "retry.initialDelayMs: expected an integer from 0 to 9007199254740991, got -5",
       ],
       ["a zero memo retention", { memoRetentionMs: 0 }, "memoRetentionMs: expected an integer from 1 to 9007199254740991, got 0"],
+      ["a zero invoke timeout", { invokeTimeoutMs: 0 }, "invokeTimeoutMs: expected an integer from 1 to 9007199254740991, got 0"],
       ["snapshotEvery as a boolean", { snapshotEvery: true }, "snapshotEvery: expected an integer from 1 to 9007199254740991, got true"],
       [
         "zero concurrency",

@@ -23,6 +23,7 @@ export interface ShoalConfig {
   readonly functions: { readonly module: string | undefined };
   readonly retry: { readonly maxAttempts: number; readonly initialDelayMs: number; readonly maxDelayMs: number };
   readonly memoRetentionMs: number;
+  readonly invokeTimeoutMs: number;
   readonly snapshotEvery: number;
   readonly snapshotLogBytes: number;
   readonly snapshotAfterMs: number;
@@ -89,6 +90,7 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd()): S
     "functions",
     "retry",
     "memoRetentionMs",
+    "invokeTimeoutMs",
     "snapshotEvery",
     "snapshotLogBytes",
     "snapshotAfterMs",
@@ -156,6 +158,7 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd()): S
       maxDelayMs: integer(retry, "maxDelayMs", "retry.", defaults.retry.maxDelayMs, 0),
     },
     memoRetentionMs: integer(root, "memoRetentionMs", "", defaults.memoRetentionMs, 1),
+    invokeTimeoutMs: integer(root, "invokeTimeoutMs", "", defaults.invokeTimeoutMs, 1),
     snapshotEvery: integer(root, "snapshotEvery", "", defaults.snapshotEvery, 1),
     snapshotLogBytes: integer(root, "snapshotLogBytes", "", defaults.snapshotLogBytes, 1),
     snapshotAfterMs: integer(root, "snapshotAfterMs", "", defaults.snapshotAfterMs, 1),

@@ -10,6 +10,8 @@ export const defaults = {
   maxConcurrentInvocations: 1024,
   /** Retries of handlers that throw something other than ShoalError: attempts (the first included), first delay, upper bound of the doubling delay. */
   retry: { maxAttempts: 5, initialDelayMs: 100, maxDelayMs: 5_000 },
+  /** Time an invoker has to answer one invocation before it is abandoned and retried (retry policy), in ms. */
+  invokeTimeoutMs: 60_000,
   /** How long call and idempotency-key replies are kept, in ms (24 h). */
   memoRetentionMs: 24 * 3600_000,
   /** Records after which a shard writes a snapshot. */

@@ -7,6 +7,7 @@ import { type DeadLetter, type EgressMessage, type Envelope, errorReply, type Re
 import type { Logger as PinoLogger } from "pino";
 import { defaults } from "../config/defaults.js";
 import { createStdoutEgress, type Egress } from "../egress/egress.js";
+import { CallCycles } from "../invoker/call-cycles.js";
 import { createPinoLogger, type LogLevel, toShoalLogger } from "../observe/logger.js";
 import { createRuntimeMetrics } from "../observe/metrics.js";
 import { shardOf } from "../protocol/shard-hash.js";
@@ -39,6 +40,12 @@ export interface RuntimeOptions {
   readonly retry?: Partial<RetryPolicy>;
   /** How long call and idempotency-key replies are kept. Default 24 h. */
   readonly memoRetentionMs?: number;
+  /**
+   * Time a handler run may take before it is abandoned (its effects never
+   * commit) and retried by the retry policy, in ms. Time a handler awaits
+   * `ctx.call` does not count. Default 60 s.
+   */
+  readonly invokeTimeoutMs?: number;
   /** Records after which a shard writes a snapshot. Default 10 000. */
   readonly snapshotEvery?: number;
   /**
@@ -205,7 +212,8 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
       shardStats: () => runtime.status(),
       storageStats: () => options.storage.stats?.(),
     }),
-    waitsFor: new Map(),
+    callCycles: new CallCycles(),
+    invokeTimeoutMs: options.invokeTimeoutMs ?? defaults.invokeTimeoutMs,
     invocationLogger: (fields) => toShoalLogger(pinoLogger.child(fields)),
     lookup: (name) => functions.get(name),
     shardOf: (type, key) => shardOf(type, key, shards),

@@ -18,3 +18,18 @@ export function toShoalLogger(logger: PinoLogger): Logger {
     error: (message, fields) => logger.error(fields ?? {}, message),
   };
 }
+
+/** A logger made on first use: most invocations never log. */
+export function lazyLogger(make: () => Logger): Logger {
+  let logger: Logger | undefined;
+  const get = () => {
+    logger ??= make();
+    return logger;
+  };
+  return {
+    debug: (m, f) => get().debug(m, f),
+    info: (m, f) => get().info(m, f),
+    warn: (m, f) => get().warn(m, f),
+    error: (m, f) => get().error(m, f),
+  };
+}

@@ -17,6 +17,8 @@ export interface RuntimeMetrics {
   committed(records: number): void;
   /** A message failed for good and was dead-lettered. */
   deadLettered(fn: string, handler: string): void;
+  /** An invoker answered for another instance than it was asked to run: its effects were refused. */
+  invokerRefused(fn: string, handler: string): void;
 }
 
 let processRegistry: Registry | undefined;
@@ -59,6 +61,12 @@ export function createRuntimeMetrics(source: MetricsSource): RuntimeMetrics {
   const retries = new Counter({
     name: "shoal_invocation_retries_total",
     help: "Handler runs that threw something other than ShoalError and were retried",
+    labelNames: ["function", "handler"] as const,
+    registers: [registry],
+  });
+  const refusals = new Counter({
+    name: "shoal_invoker_refusals_total",
+    help: "Invoker answers refused because they were for another instance than the one asked for (nothing of them committed)",
     labelNames: ["function", "handler"] as const,
     registers: [registry],
   });
@@ -106,5 +114,6 @@ export function createRuntimeMetrics(source: MetricsSource): RuntimeMetrics {
     invocationRetried: (fn, handler) => retries.inc({ function: fn, handler }),
     committed: (records) => commits.inc(records),
     deadLettered: (fn, handler) => deadLetters.inc({ function: fn, handler }),
+    invokerRefused: (fn, handler) => refusals.inc({ function: fn, handler }),
   };
 }

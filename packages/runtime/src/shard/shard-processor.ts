@@ -1,9 +1,10 @@
 import { create, fromBinary, type Message, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
-import type { AnyFunctionType, Logger } from "@shoal/sdk";
+import type { Address, Logger } from "@shoal/sdk";
 import {
   type CallResult,
   CallResultInputSchema,
+  CallResultSchema,
   type CancellationSchema,
   type Commit,
   CommitSchema,
@@ -16,7 +17,6 @@ import {
   type Envelope,
   EnvelopeSchema,
   errorReply,
-  type InvocationOutcome,
   instanceId,
   type LogRecord,
   LogRecordSchema,
@@ -26,21 +26,20 @@ import {
   parseToken,
   type Reply,
   requestHash,
-  runInvocation,
   type StateWriteSchema,
   sameBytes,
 } from "@shoal/sdk/internal";
+import type { CallCycles } from "../invoker/call-cycles.js";
+import { createEmbeddedInvoker, type RegisteredFunction } from "../invoker/embedded-invoker.js";
+import type { AwaitedCall, Invoker, MessageOutcome } from "../invoker/invoker.js";
+import { lazyLogger } from "../observe/logger.js";
 import type { RuntimeMetrics } from "../observe/metrics.js";
 import { RecordEncodingError, type ShardLog } from "../storage/storage.js";
 import type { Clock } from "./clock.js";
 import { createSlot, type Semaphore, type Slot } from "./semaphore.js";
 import { controlHandlers, ShardState } from "./shard-state.js";
 
-/** A registered function type and its handlers. */
-export interface RegisteredFunction {
-  readonly fn: AnyFunctionType;
-  readonly handlers: object;
-}
+export type { RegisteredFunction } from "../invoker/embedded-invoker.js";
 
 /** How transient handler failures are retried. */
 export interface RetryPolicy {
@@ -69,11 +68,12 @@ export interface ShardHost {
   logBytesWritten(): number;
   readonly logger: Logger;
   readonly metrics: RuntimeMetrics;
-  /**
-   * Locked instance -> the locked instance its invocation awaits a call to
-   * (`type/key`): the wait-for graph that detects call cycles across chains.
-   */
-  readonly waitsFor: Map<string, string>;
+  /** The node's call-cycle detector: which locked instance awaits calls to which. */
+  readonly callCycles: CallCycles;
+  /** Runs handlers; default: in this process (the embedded invoker). */
+  readonly invoker?: Invoker;
+  /** Time an invoker has to answer one invocation before it is abandoned and retried, in ms. */
+  readonly invokeTimeoutMs: number;
   invocationLogger(fields: Record<string, unknown>): Logger;
   lookup(typeName: string): RegisteredFunction | undefined;
   shardOf(type: string, key: string): number;
@@ -183,6 +183,14 @@ export class ShardProcessor {
   private readonly orphanedSince = new Map<string, number>();
   /** Pending message id -> how often its invocation was interrupted in a row. */
   private readonly interruptions = new Map<string, number>();
+  /** Suspended invocation id -> the calls whose results it awaits, and how to wake it (with an error: stop). */
+  private readonly awaiting = new Map<string, { readonly callIds: readonly string[]; readonly wake: (stopped?: Error) => void }>();
+  /**
+   * Invocation id -> answers the runtime made up for its calls (a cycle):
+   * given to its re-runs, never committed (only a callee's reply is final).
+   */
+  private readonly madeUp = new Map<string, CallResult[]>();
+  private readonly invoker: Invoker;
   private snapshotting = false;
   private failed: Error | undefined;
   private closed = false;
@@ -195,6 +203,7 @@ export class ShardProcessor {
     private readonly host: ShardHost,
   ) {
     this.state = new ShardState(shard);
+    this.invoker = host.invoker ?? createEmbeddedInvoker(host);
   }
 
   /** Rebuilds the shard's state from its snapshot and log. Call before `start`. */
@@ -330,7 +339,25 @@ export class ShardProcessor {
     if (this.failed !== undefined) throw new ShardUnavailableError(`shard ${this.shard} is unavailable: ${this.failed.message}`);
     if (this.state.isDuplicate(envelope)) return Promise.resolve();
     const input = fromResultEnvelope(envelope);
-    return this.append([create(LogRecordSchema, { kind: { case: "callResult", value: { ...input, source: envelope.source } } })]);
+    const durable = this.append([create(LogRecordSchema, { kind: { case: "callResult", value: { ...input, source: envelope.source } } })]);
+    this.wakeIfAnswered(input.invocationId);
+    return durable;
+  }
+
+  /** Runs a suspended invocation again once every call it awaits has its result in the journal. */
+  private wakeIfAnswered(invocationId: string) {
+    const waiting = this.awaiting.get(invocationId);
+    if (waiting === undefined) return;
+    const journal = this.state.journals.get(invocationId) ?? [];
+    if (!waiting.callIds.every((id) => journal.some((r) => r.callId === id))) return;
+    this.awaiting.delete(invocationId);
+    waiting.wake();
+  }
+
+  /** Wakes every suspended invocation with `reason`: its calls' results will not arrive here. */
+  private stopAwaiting(reason: Error) {
+    for (const waiting of this.awaiting.values()) waiting.wake(reason);
+    this.awaiting.clear();
   }
 
   /** An accepted message not consumed yet, logged or not. */
@@ -458,6 +485,7 @@ export class ShardProcessor {
     for (const list of this.waiters.values()) for (const w of list) w(unavailable);
     this.waiters.clear();
     this.volatile.clear();
+    this.stopAwaiting(unavailable);
     for (const cancel of this.timers.values()) cancel();
     for (const cancel of this.expiryTimers.values()) cancel();
     this.host.storageFailed(this.shard, this.failed);
@@ -568,6 +596,7 @@ export class ShardProcessor {
     );
     const waiters = this.waiters.get(envelope.id) ?? [];
     this.waiters.delete(envelope.id);
+    this.madeUp.delete(envelope.id);
     if (this.volatile.delete(envelope.id)) {
       // The sender holds the request: its retry runs it again.
       const memoId = memoIdOf(envelope);
@@ -589,6 +618,146 @@ export class ShardProcessor {
     for (const w of waiters) w(unavailable);
   }
 
+  /**
+   * Asks the invoker to run one message, within the invoke timeout. Its
+   * answer is refused when it is for another instance: nothing of it commits.
+   */
+  private async invokeOnce(envelope: Envelope, self: Address, stateful: boolean, log: Logger): Promise<MessageOutcome> {
+    const timeoutMs = this.host.invokeTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new Error(
+              `${describe(envelope)}: the invoker did not answer within ${timeoutMs} ms (invokeTimeoutMs); the run is abandoned (raise invokeTimeoutMs if handlers need longer)`,
+            ),
+          ),
+        timeoutMs,
+      );
+    });
+    let response: Awaited<ReturnType<Invoker["invoke"]>>;
+    const inProcess = this.invoker.inProcess === true;
+    try {
+      const invoked = this.invoker.invoke({
+        address: self,
+        state: stateful ? this.state.instances.get(instanceId(self.type, self.key))?.state : undefined,
+        messages: [
+          inProcess
+            ? {
+                envelope,
+                journal: this.journalOf(envelope.id),
+                decoded: this.decodedRequests.get(envelope),
+                // Only an in-process ingress waiter with nothing to memoize can take the message itself.
+                encodeReply: !(envelope.replyTo?.kind.case === "ingress" && memoIdOf(envelope) === undefined),
+              }
+            : { envelope: this.withPayload(envelope), journal: this.journalOf(envelope.id) },
+        ],
+      });
+      invoked.catch(() => {});
+      response = await Promise.race([invoked, timeout]);
+    } catch (err) {
+      return { status: "failed", retryable: true, message: errorMessage(err) };
+    } finally {
+      clearTimeout(timer);
+    }
+    const got = response.address;
+    if (got?.type !== self.type || got.key !== self.key) {
+      const message = `${describe(envelope)}: the invoker answered for instance ${got?.type}/${got?.key}, not ${self.type}/${self.key}; its effects are refused (a bug in the invoker: it must answer for the instance it was given)`;
+      log.error(message);
+      this.host.metrics.invokerRefused(self.type, envelope.handler);
+      return { status: "failed", retryable: true, message };
+    }
+    return (
+      response.outcomes[0] ?? { status: "failed", retryable: true, message: `${describe(envelope)}: the invoker answered nothing for it` }
+    );
+  }
+
+  /** The call results an invocation has so far: its journal and the answers made up for it, in call order. */
+  private journalOf(invocationId: string): CallResult[] {
+    const journal = [...(this.state.journals.get(invocationId) ?? []), ...(this.madeUp.get(invocationId) ?? [])];
+    const index = (r: CallResult) => Number(r.callId.slice(r.callId.lastIndexOf("/") + 1));
+    if (journal.length > 1) journal.sort((a, b) => index(a) - index(b));
+    return journal;
+  }
+
+  /**
+   * Sends the calls a suspended invocation awaits, as messages, and waits
+   * until all their results are in its journal (undefined), or returns why
+   * they will not come now (nothing committed: the invocation is interrupted).
+   * The instance stays locked meanwhile; the slot is given back, the callee
+   * may need one.
+   */
+  private async awaitCalls(envelope: Envelope, calls: readonly AwaitedCall[], locked: boolean, slot: Slot): Promise<unknown> {
+    const target = envelope.target ?? { type: "", key: "" };
+    const selfId = `${target.type}/${target.key}`;
+    const chain = envelope.callChain;
+    const now = this.host.clock.now();
+    const edges: Array<() => void> = [];
+    const outgoing: Envelope[] = [];
+    try {
+      for (const call of calls) {
+        const targetId = `${call.target.type}/${call.target.key}`;
+        const callee = this.host.lookup(call.target.type);
+        const targetLocks = callee?.fn.state !== undefined && !(callee.fn.handlers.get(call.handler)?.shared ?? false);
+        const callEnvelope = create(EnvelopeSchema, {
+          id: call.callId,
+          target: call.target,
+          handler: call.handler,
+          payload: call.payload,
+          callId: call.callId,
+          caller: target,
+          replyTo: {
+            kind: { case: "call", value: { caller: target, invocationId: envelope.id, node: this.host.nodeId, shard: this.shard } },
+          },
+          callChain: locked ? [...chain, selfId] : chain,
+          traceparent: envelope.traceparent,
+          acceptedAtMs: BigInt(now),
+        });
+        const cycle = targetLocks ? this.host.callCycles.find(chain, selfId, targetId, locked) : undefined;
+        if (cycle !== undefined) {
+          // A re-run may re-issue a call its callee has answered already:
+          // only that answer is final. A cycle answer is final only if the
+          // callee holds nothing for this call id, so it can never commit it.
+          const held = this.host.heldCall(callEnvelope);
+          if (held === "inflight")
+            throw new ShardUnavailableError(`call ${call.callId} to ${targetId} is still to run there, behind this locked instance`);
+          if (held === undefined) {
+            const answer = create(CallResultSchema, {
+              callId: call.callId,
+              target: call.target,
+              handler: call.handler,
+              requestHash: requestHash(call.payload),
+              reply: errorReply(Code.FailedPrecondition, cycle),
+            });
+            this.madeUp.set(envelope.id, [...(this.madeUp.get(envelope.id) ?? []), answer]);
+            continue;
+          }
+          // Kept: the callee's shard answers from its memo without waiting for its lock.
+        } else if (locked && targetLocks) {
+          edges.push(this.host.callCycles.wait(selfId, targetId));
+        }
+        outgoing.push(callEnvelope);
+      }
+      if (outgoing.length === 0) return undefined;
+      const callIds = outgoing.map((e) => e.callId);
+      const answered = new Promise<Error | undefined>((resolve) => this.awaiting.set(envelope.id, { callIds, wake: resolve }));
+      await this.makeDurableBeforeCall(envelope);
+      slot.release();
+      await Promise.all(outgoing.map((e) => this.host.deliver(e)));
+      this.wakeIfAnswered(envelope.id);
+      const stopped = await answered;
+      if (stopped !== undefined) throw stopped;
+      return undefined;
+    } catch (err) {
+      return err ?? new Error("a call failed");
+    } finally {
+      this.awaiting.delete(envelope.id);
+      for (const remove of edges) remove();
+      await slot.acquire();
+    }
+  }
+
   /** Runs the handler, retrying transient failures, and builds the commit (or nothing, when interrupted). */
   private async execute(
     envelope: Envelope,
@@ -603,130 +772,53 @@ export class ShardProcessor {
         commit: {},
       };
     }
-    const { fn, handlers } = registered;
+    const { fn } = registered;
     const self = { type: target.type, key: target.key };
-    const caller = envelope.caller;
     const log = lazyLogger(() =>
       this.host.invocationLogger({ function: fn.typeName, key: target.key, handler: info.name, invocation: envelope.id }),
     );
-    const chain = [...envelope.callChain];
-    const lockedChain = fn.state !== undefined && !info.shared ? [...chain, `${target.type}/${target.key}`] : chain;
-    let journal: readonly CallResult[] = this.state.journals.get(envelope.id) ?? [];
+    const locked = fn.state !== undefined && !info.shared;
     const { maxAttempts, initialDelayMs, maxDelayMs } = this.host.retry;
-    let outcome: InvocationOutcome | undefined;
+    let outcome: Extract<MessageOutcome, { status: "done" }>;
     for (let attempt = 1; ; attempt++) {
-      outcome = await runInvocation({
-        fn,
-        handlers,
-        handler: info,
-        invocationId: envelope.id,
-        self,
-        caller: caller !== undefined && caller.type !== "" ? { type: caller.type, key: caller.key } : undefined,
-        payload: envelope.payload,
-        request: this.decodedRequests.get(envelope),
-        // Only an in-process ingress waiter with nothing to memoize can take the message itself.
-        encodeReply: !(envelope.replyTo?.kind.case === "ingress" && memoIdOf(envelope) === undefined),
-        canSuspend: false,
-        state: fn.state !== undefined ? this.state.instances.get(instanceId(target.type, target.key))?.state : undefined,
-        journal,
-        callChain: chain,
-        log,
-        issueCall: (call) => {
-          const selfId = `${target.type}/${target.key}`;
-          const targetId = `${call.target.type}/${call.target.key}`;
-          const targetLocks = this.host.lookup(call.target.type)?.fn.state !== undefined && !call.shared;
-          let waits = fn.state !== undefined && !info.shared && targetLocks;
-          const callEnvelope = create(EnvelopeSchema, {
-            id: call.callId,
-            target: call.target,
-            handler: call.handler,
-            payload: call.payload,
-            callId: call.callId,
-            caller: self,
-            replyTo: {
-              kind: { case: "call", value: { caller: self, invocationId: envelope.id, node: this.host.nodeId, shard: this.shard } },
-            },
-            callChain: lockedChain,
-            traceparent: envelope.traceparent,
-            acceptedAtMs: BigInt(this.host.clock.now()),
-          });
-          if (waits) {
-            const cycle = findCycle(this.host.waitsFor, selfId, targetId);
-            if (cycle !== undefined) {
-              // A re-run may re-issue a call its callee has answered already:
-              // only that answer is final. A cycle error is final only if the
-              // callee holds nothing for this call id, so it can never commit it.
-              let held: ReturnType<ShardHost["heldCall"]>;
-              try {
-                held = this.host.heldCall(callEnvelope);
-              } catch (err) {
-                return Promise.reject(err);
-              }
-              if (held === undefined) {
-                return Promise.resolve(
-                  errorReply(Code.FailedPrecondition, `call cycle: ${cycle.join(" -> ")} (each instance is locked awaiting the next)`),
-                );
-              }
-              if (held === "inflight") {
-                return Promise.reject(
-                  new ShardUnavailableError(`call ${call.callId} to ${targetId} is still to run there, behind this locked instance`),
-                );
-              }
-              // Kept: the callee's shard answers from its memo without waiting for its lock.
-              waits = false;
-            } else {
-              this.host.waitsFor.set(selfId, targetId);
-            }
-          }
-          // An invocation awaiting a call holds no slot: the callee may need one.
-          slot.release();
-          const done = () => {
-            if (waits && this.host.waitsFor.get(selfId) === targetId) this.host.waitsFor.delete(selfId);
-            return slot.acquire();
+      const step = await this.invokeOnce(envelope, self, fn.state !== undefined, log);
+      let failure: unknown;
+      if (step.status === "done") {
+        outcome = step;
+        break;
+      }
+      if (step.status === "failed" && !step.retryable) {
+        log.error("the invocation cannot be completed", { error: step.message });
+        return { reply: errorReply(Code.Internal, step.message), commit: { finishedInvocations: [envelope.id], deadLetter: true } };
+      }
+      if (step.status === "suspended") {
+        // Results in: run it again at once, a suspension is no failed attempt.
+        failure = await this.awaitCalls(envelope, step.calls, locked, slot);
+        if (failure === undefined) {
+          attempt--;
+          continue;
+        }
+        if (this.failed !== undefined || this.closed) return { interrupted: failure };
+        // A call that got no reply is asked again a few times here, then left to the sender to retry.
+        if (attempt >= maxAttempts) return { interrupted: failure };
+      } else {
+        failure = new Error(step.message);
+        if (attempt >= maxAttempts) {
+          log.error(`handler failed after ${attempt} attempts`, { error: step.message });
+          return {
+            reply: errorReply(Code.Internal, `${fn.typeName}.${info.name} failed after ${attempt} attempts: ${step.message}`),
+            commit: { finishedInvocations: [envelope.id], deadLetter: true },
           };
-          return this.makeDurableBeforeCall(envelope)
-            .then(() => this.host.call(callEnvelope))
-            .then(
-              async (reply) => {
-                await done();
-                return reply;
-              },
-              async (err) => {
-                await done();
-                throw err;
-              },
-            );
-        },
-      });
-      await slot.acquire();
-      if (outcome.status !== "retry" && outcome.status !== "interrupted") break;
-      journal = outcome.journal;
-      // A call that got no reply is asked again a few times here, then left to the sender to retry.
-      if (outcome.status === "interrupted" && attempt >= maxAttempts) return { interrupted: outcome.error };
-      if (attempt >= maxAttempts) {
-        const message = outcome.error instanceof Error ? outcome.error.message : String(outcome.error);
-        log.error(`handler failed after ${attempt} attempts`, { error: message });
-        return {
-          reply: errorReply(Code.Internal, `${fn.typeName}.${info.name} failed after ${attempt} attempts: ${message}`),
-          commit: { finishedInvocations: [envelope.id], deadLetter: true },
-        };
+        }
       }
       this.host.metrics.invocationRetried(fn.typeName, info.name);
       const delay = Math.min(maxDelayMs, initialDelayMs * 2 ** (attempt - 1));
-      const failed = outcome.status === "interrupted" ? "a call got no reply" : "handler failed";
-      log.warn(`${failed}, retrying in ${delay} ms (attempt ${attempt} of ${maxAttempts})`, { error: String(outcome.error) });
+      const failed = step.status === "suspended" ? "a call got no reply" : "handler failed";
+      log.warn(`${failed}, retrying in ${delay} ms (attempt ${attempt} of ${maxAttempts})`, { error: errorMessage(failure) });
       slot.release();
       await new Promise<void>((resolve) => setTimeout(resolve, delay));
       await slot.acquire();
       if (this.failed !== undefined || this.closed) return { interrupted: new ShardUnavailableError(`shard ${this.shard} stopped`) };
-    }
-    if (outcome.status === "suspended") {
-      // The embedded invoker always awaits calls inline; suspension is for remote functions.
-      return { reply: errorReply(Code.Internal, `${fn.typeName}.${info.name} suspended in the embedded invoker`), commit: {} };
-    }
-    if (outcome.poison) {
-      log.error("the invocation cannot be completed", { error: errorText(outcome.reply) });
-      return { reply: outcome.reply, commit: { finishedInvocations: [envelope.id], deadLetter: true } };
     }
     const commit: PendingEffects = {};
     const effects = outcome.effects;
@@ -739,7 +831,7 @@ export class ShardProcessor {
           Code.FailedPrecondition,
           `${fn.typeName}.${info.name}: no egress named "${unknownEgress.egress}" is configured (shoal.yaml egress)`,
         ),
-        commit: outcome.journal.length > 0 ? { finishedInvocations: [envelope.id] } : {},
+        commit: this.state.journals.has(envelope.id) ? { finishedInvocations: [envelope.id] } : {},
       };
     }
     const now = this.host.clock.now();
@@ -791,7 +883,7 @@ export class ShardProcessor {
     commit.cancellations = cancellations;
     commit.outbox = outbox;
     commit.egress = effects.egress.map((e) => ({ egress: e.egress, typeName: e.typeName, payload: e.payload, id: e.id }));
-    if (outcome.journal.length > 0 || this.state.journals.has(envelope.id)) commit.finishedInvocations = [envelope.id];
+    if (this.state.journals.has(envelope.id)) commit.finishedInvocations = [envelope.id];
     return { reply: outcome.reply, commit, output: outcome.output };
   }
 
@@ -878,6 +970,7 @@ export class ShardProcessor {
     if (memoId !== undefined) this.inflight.delete(memoId);
     this.volatile.delete(envelope.id);
     this.interruptions.delete(envelope.id);
+    this.madeUp.delete(envelope.id);
     let durable: Promise<void>;
     try {
       durable = this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit }, writtenAtMs: BigInt(now) })]);
@@ -921,6 +1014,13 @@ export class ShardProcessor {
     } catch (err) {
       return Promise.reject(err);
     }
+  }
+
+  /** The envelope with its request's bytes (an ingress request travels decoded). */
+  private withPayload(envelope: Envelope): Envelope {
+    return envelope.payload.length > 0 || !this.decodedRequests.has(envelope)
+      ? envelope
+      : { ...envelope, payload: this.requestBytes(envelope) };
   }
 
   /** The request's bytes, for a dead letter (an ingress request travels decoded). */
@@ -1077,37 +1177,9 @@ export class ShardProcessor {
     );
     for (const list of this.waiters.values()) for (const w of list) w(unavailable);
     this.waiters.clear();
+    this.stopAwaiting(unavailable);
     await this.log.close();
   }
-}
-
-/** A logger made on first use: most invocations never log. */
-function lazyLogger(make: () => Logger): Logger {
-  let logger: Logger | undefined;
-  const get = () => {
-    logger ??= make();
-    return logger;
-  };
-  return {
-    debug: (m, f) => get().debug(m, f),
-    info: (m, f) => get().info(m, f),
-    warn: (m, f) => get().warn(m, f),
-    error: (m, f) => get().error(m, f),
-  };
-}
-
-/** The cycle `from -> to -> ... -> from` in the wait-for graph, if adding that edge closes one. */
-function findCycle(waitsFor: ReadonlyMap<string, string>, from: string, to: string): string[] | undefined {
-  const path = [from, to];
-  const seen = new Set(path);
-  if (to === from) return path;
-  for (let next = waitsFor.get(to); next !== undefined; next = waitsFor.get(next)) {
-    path.push(next);
-    if (next === from) return path;
-    if (seen.has(next)) return undefined;
-    seen.add(next);
-  }
-  return undefined;
 }
 
 /** `type.Handler (key "k")`, how errors name a message's target. */
@@ -1117,10 +1189,6 @@ function describe(envelope: Envelope): string {
 
 function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
-}
-
-function errorText(reply: Reply): string {
-  return reply.result.case === "error" ? reply.result.value.message : "";
 }
 
 function fromResultEnvelope(envelope: Envelope) {
