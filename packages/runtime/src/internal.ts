@@ -6,6 +6,6 @@ export { registerIngress } from "./http/ingress.js";
 export { shardOf } from "./protocol/shard-hash.js";
 export type { Semaphore, Slot } from "./shard/semaphore.js";
 export { createSemaphore, createSlot } from "./shard/semaphore.js";
-export type { RegisteredFunction, ReplyWaiter, ShardHost } from "./shard/shard-processor.js";
+export type { RegisteredFunction, ReplyAddress, ShardHost } from "./shard/shard-processor.js";
 export { ShardProcessor, ShardUnavailableError } from "./shard/shard-processor.js";
 export { controlHandlers, ShardState } from "./shard/shard-state.js";
