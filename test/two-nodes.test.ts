@@ -12,6 +12,7 @@ import {
   createInProcessTransport,
   createLocalStorage,
   createMemoryDirectory,
+  createMemoryStorage,
   createRuntime,
   createShardOwnership,
   type Runtime,
@@ -220,10 +221,11 @@ describe("two nodes in one process", () => {
     const cluster = await twoNodes();
     const [a, b] = cluster.nodes;
     await seedSources(cluster);
-    let moving = true;
+    // Sixteen moves, each shard twice, a few hundred ms apart, while transfers run until the last.
     let moves = 0;
+    let stopped = false;
     const mover = (async () => {
-      for (let n = 0; moving; n++) {
+      for (let n = 0; n < 16; n++) {
         const shard = (n * 3) % shards;
         const [from, to] = a.ownership.owns(shard) ? [a, b] : [b, a];
         // The new owner takes the shard first: its openShard fences the old
@@ -235,16 +237,12 @@ describe("two nodes in one process", () => {
         moves++;
         await new Promise((resolve) => setTimeout(resolve, 150));
       }
-    })();
-    const stopAfter = new Promise<void>((resolve) => setTimeout(resolve, 4_000));
-    const stopping = stopAfter.then(() => {
-      moving = false;
+    })().finally(() => {
+      stopped = true;
     });
-    let stopped = false;
-    void stopping.then(() => (stopped = true));
     const results = await Promise.all(Array.from({ length: 8 }, (_, w) => runTransfers(cluster, w, () => !stopped)));
     await mover;
-    expect(moves).toBeGreaterThan(5);
+    expect(moves).toBe(16);
     // The moves met requests in flight: some were answered Unavailable, and retried.
     expect(unavailable).toBeGreaterThan(0);
     // Every shard has exactly one owner, known to the directory.
@@ -255,5 +253,40 @@ describe("two nodes in one process", () => {
     const acknowledged = new Map(results.flatMap((r) => [...r]));
     expect(acknowledged.size).toBeGreaterThan(0);
     await checkBooks(cluster, acknowledged);
+  });
+});
+
+describe("the reply channel", () => {
+  it("answers each request at its own address: a key reused with another request fails alone, the first still gets its reply", async () => {
+    let release: () => void = () => {};
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let entered: () => void = () => {};
+    const inside = new Promise<void>((resolve) => (entered = resolve));
+    const runtime = createRuntime({
+      functions: [
+        implement(AccountFunction, {
+          ...account,
+          async deposit(req, ctx) {
+            entered();
+            await gate;
+            return account.deposit(req, ctx);
+          },
+        }),
+      ],
+      storage: createMemoryStorage(),
+      shards: 2,
+      logger: "silent",
+    });
+    await runtime.start();
+    cleanups.push(() => runtime.close());
+    const client = createFunctionClient(AccountFunction, createRouterTransport(runtime.routes));
+    const first = client.deposit({ account: "x", amount: 5n }, { idempotencyKey: "k" });
+    await inside;
+    // The same key with another request, while the first is in flight: same envelope id.
+    const reused = await client.deposit({ account: "x", amount: 6n }, { idempotencyKey: "k" }).catch((e: unknown) => errorOf(e));
+    expect(reused).toBeInstanceOf(ConnectError);
+    expect((reused as ConnectError).code).toBe(Code.InvalidArgument);
+    release();
+    expect(await first).toMatchObject({ balance: 5n });
   });
 });
