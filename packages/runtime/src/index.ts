@@ -22,6 +22,11 @@ export { systemClock, createManualClock } from "./shard/clock.js";
 export type { Clock, ManualClock } from "./shard/clock.js";
 export type { RetryPolicy } from "./shard/shard-processor.js";
 export type { LogLevel } from "./observe/logger.js";
+// several nodes: shard ownership, the directory of owners, the transport between nodes
+export { allShards, createShardOwnership } from "./node/ownership.js";
+export type { ShardOwnership } from "./node/ownership.js";
+export { createInProcessTransport, createMemoryDirectory } from "./node/router.js";
+export type { Delivery, NodeEndpoint, NodeTransport, ReplyOutcome, ShardDirectory } from "./node/router.js";
 
 // for runtime and plugin authors
 export { StorageError, FencedError, RecordEncodingError, encodeRecords } from "./storage/storage.js";

@@ -20,6 +20,6 @@ export type {
 export { shardOf } from "./protocol/shard-hash.js";
 export type { Semaphore, Slot } from "./shard/semaphore.js";
 export { createSemaphore, createSlot } from "./shard/semaphore.js";
-export type { RegisteredFunction, ReplyWaiter, ShardHost } from "./shard/shard-processor.js";
+export type { RegisteredFunction, ReplyAddress, ShardHost } from "./shard/shard-processor.js";
 export { ShardProcessor, ShardUnavailableError } from "./shard/shard-processor.js";
 export { controlHandlers, ShardState } from "./shard/shard-state.js";

@@ -49,7 +49,9 @@ export function registerIngress(router: ConnectRouter, runtime: NodeRuntime): vo
           payload: send || idempotencyKey !== "" ? toBinary(method.input, request) : noBytes,
           idempotencyKey,
           deliverAtMs: send && delayMs > 0 ? BigInt(now + Math.round(delayMs)) : 0n,
-          replyTo: send ? undefined : { kind: { case: "ingress", value: { node: runtime.nodeId, request: id } } },
+          // Its own reply address, apart from the envelope id: retries of one
+          // Idempotency-Key share that id, and each awaits its own answer.
+          replyTo: send ? undefined : { kind: { case: "ingress", value: { node: runtime.nodeId, request: requestId() } } },
           traceparent: ctx.requestHeader.get("traceparent") ?? "",
           acceptedAtMs: BigInt(now),
         });

@@ -1,9 +1,9 @@
 import { randomUUID } from "node:crypto";
-import { createRegistry, type DescFile, type DescMessage, fromBinary, type Message, type MessageShape } from "@bufbuild/protobuf";
+import { createRegistry, type DescFile, type DescMessage, fromBinary, type Message, type MessageShape, toBinary } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import { Code } from "@connectrpc/connect";
 import { type FunctionType, type Implementation, isModule, type Logger, type ShoalModule } from "@shoal/sdk";
-import { type DeadLetter, type EgressMessage, type Envelope, errorReply, type Reply } from "@shoal/sdk/internal";
+import { type DeadLetter, type EgressMessage, type Envelope, errorReply } from "@shoal/sdk/internal";
 import type { Logger as PinoLogger } from "pino";
 import { defaults } from "../config/defaults.js";
 import { createStdoutEgress, type Egress } from "../egress/egress.js";
@@ -22,6 +22,11 @@ import {
 } from "../shard/shard-processor.js";
 import { controlHandlers } from "../shard/shard-state.js";
 import type { StorageBackend } from "../storage/storage.js";
+import { allShards, type ShardOwnership } from "./ownership.js";
+import { type Answer, createReplyChannel } from "./reply-channel.js";
+import { createRouter, type NodeTransport, replyAddressOf, type ShardDirectory } from "./router.js";
+
+export type { Answer } from "./reply-channel.js";
 
 /** How often idle shards are asked whether a snapshot is due by bytes or age. */
 const snapshotCheckMs = 1_000;
@@ -85,15 +90,23 @@ export interface RuntimeOptions {
   readonly logger?: PinoLogger | LogLevel;
   /** This node's id. Default: a random UUID. */
   readonly nodeId?: string;
+  /** Which shards this node opens at start. Default: every shard (one node serves them all). */
+  readonly ownership?: ShardOwnership;
+  /**
+   * Who owns the shards this node has not open, shared by the nodes of a
+   * deployment (`createMemoryDirectory` for nodes in one process). Default:
+   * none; a message for a shard not open here fails with Unavailable.
+   */
+  readonly directory?: ShardDirectory;
+  /** How this node reaches the other nodes (`createInProcessTransport`). Default: none. */
+  readonly transport?: NodeTransport;
+  /**
+   * Whether `close()` closes `storage`. Default `true`. Set `false` when
+   * several nodes share one backend, and close it after every node closed.
+   */
+  readonly closeStorage?: boolean;
 }
 
-/** The committed reply to a request, and the reply message itself when the caller is in process. */
-export interface Answer {
-  readonly reply: Reply;
-  readonly output?: Message;
-}
-
-/** A running Shoal node. */
 /**
  * A node's runtime core, without its Connect routes: what the ingress, admin
  * service and server (the http layer, above this one) serve.
@@ -107,6 +120,19 @@ export interface NodeRuntime {
   readonly maxRequestBytes: number;
   /** Whether the ingress drops unknown fields of JSON requests instead of refusing them (`RuntimeOptions.ignoreUnknownJsonFields`). */
   readonly ignoreUnknownJsonFields: boolean;
+  /** The shards this node owns now. */
+  readonly ownership: ShardOwnership;
+  /**
+   * Takes a shard over at run time: opens it (which fences the previous
+   * owner's log: its late appends are refused, and its shard stops), recovers
+   * it, records this node in the directory and resumes its work.
+   */
+  acquireShard(shard: number): Promise<void>;
+  /**
+   * Gives a shard up at run time: stops routing to it here, answers its
+   * waiting requests Unavailable (they retry) and closes its log.
+   */
+  releaseShard(shard: number): Promise<void>;
   /** Prometheus metrics of this node, served by `listen` at `GET /metrics`. */
   metrics(): Promise<{ contentType: string; text: string }>;
   /** Opens and recovers every shard, then resumes pending work. */
@@ -174,8 +200,30 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
     return egress === "stdout" ? stdout : egress;
   };
   const retry: RetryPolicy = { ...defaults.retry, ...options.retry };
+  const ownership = options.ownership ?? allShards(shards);
   const processors: Array<ShardProcessor | undefined> = new Array(shards).fill(undefined);
   const recovering = new Set<number>();
+  const acquiring = new Map<number, Promise<void>>();
+  const replies = createReplyChannel();
+  const router = createRouter({
+    nodeId,
+    processorOf: (shard) => processors[shard],
+    shardFor,
+    directory: options.directory,
+    transport: options.transport,
+    replies,
+    encodeRequest(envelope, decoded) {
+      const input = functions.get(envelope.target?.type ?? "")?.fn.handlers.get(envelope.handler)?.method.input;
+      if (input === undefined) throw new Error(`no request type for ${envelope.target?.type}.${envelope.handler}`);
+      return toBinary(input, decoded);
+    },
+    encodeOutput(output) {
+      const schema = registry.getMessage(output.$typeName);
+      if (schema === undefined) throw new Error(`no message type ${output.$typeName} among this node's functions`);
+      return toBinary(schema, output);
+    },
+  });
+  let detach: (() => void) | undefined;
   let closed = false;
   let started: Promise<void> | undefined;
   let snapshotChecks: NodeJS.Timeout | undefined;
@@ -228,12 +276,19 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
     deliver(envelope) {
       const target = envelope.target;
       if (target === undefined) return Promise.reject(new Error(`outbox envelope ${envelope.id} has no target`));
-      const processor = processorFor(envelope.shard ?? shardFor(envelope));
-      if (envelope.handler === controlHandlers.callResult) return processor.submitCallResult(envelope);
-      if (envelope.handler !== controlHandlers.cancel && !functions.has(target.type)) {
+      if (envelope.handler !== controlHandlers.callResult && envelope.handler !== controlHandlers.cancel && !functions.has(target.type)) {
         logger.warn(`message ${envelope.id} is for ${target.type}, which this node does not run; it is answered Unimplemented`);
       }
-      return processor.submit(envelope);
+      return router.route(envelope, "deliver");
+    },
+    reply: (address, outcome, output) => router.reply(address, outcome, output),
+    shardMoved(processor, error) {
+      if (processors[processor.shard] !== processor) return;
+      logger.info(`shard ${processor.shard}: another node took it over; its requests here are answered Unavailable`, {
+        error: error.message,
+      });
+      forget(processor.shard);
+      void processor.close();
     },
     hasEgress: (name) => egressNamed(name) !== undefined,
     emitEgress(message: EgressMessage) {
@@ -246,7 +301,7 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
         error: error instanceof Error ? error.message : String(error),
       });
       processors[shard] = undefined;
-      void recoverShard(shard);
+      if (ownership.owns(shard)) void recoverShard(shard);
     },
   };
 
@@ -263,7 +318,7 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
     try {
       for (let attempt = 1; !closed; attempt++) {
         await new Promise((resolve) => setTimeout(resolve, Math.min(5_000, 200 * attempt)));
-        if (closed) return;
+        if (closed || !ownership.owns(shard)) return;
         try {
           const processor = await openShard(shard);
           processors[shard] = processor;
@@ -279,8 +334,30 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
     }
   }
 
+  /** This node no longer has the shard: route its messages to whoever does. */
+  function forget(shard: number) {
+    processors[shard] = undefined;
+    ownership.release(shard);
+    options.directory?.setOwner(shard, undefined, nodeId);
+  }
+
+  async function acquire(shard: number) {
+    if (closed) throw new ShardUnavailableError(`node ${nodeId} is closed; it takes no shard`);
+    if (processors[shard] !== undefined) return;
+    const processor = await openShard(shard);
+    if (closed) {
+      await processor.close();
+      throw new ShardUnavailableError(`node ${nodeId} closed while it took shard ${shard} over`);
+    }
+    processors[shard] = processor;
+    ownership.acquire(shard);
+    options.directory?.setOwner(shard, nodeId);
+    processor.start();
+  }
+
   const runtime: NodeRuntime = {
     nodeId,
+    ownership,
     shards,
     functions,
     clock,
@@ -293,13 +370,18 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
     },
     start() {
       started ??= (async () => {
+        detach = options.transport?.attach(nodeId, router.endpoint);
         const opened: ShardProcessor[] = [];
-        for (let shard = 0; shard < shards; shard++) opened.push(await openShard(shard));
+        for (const shard of ownership.owned()) {
+          if (shard >= shards) throw new Error(`ownership names shard ${shard}, but the node has ${shards} shards (0 to ${shards - 1})`);
+          opened.push(await openShard(shard));
+        }
         // Every shard is recovered before any resumes, so redelivered outbox
         // entries and call results find their receivers' state complete.
-        opened.forEach((p, shard) => {
-          processors[shard] = p;
-        });
+        for (const p of opened) {
+          processors[p.shard] = p;
+          options.directory?.setOwner(p.shard, nodeId);
+        }
         for (const p of opened) p.resumeDeliveries();
         for (const p of opened) p.resumeProcessing();
         // A shard that stopped appending still pins the log its records are in.
@@ -310,21 +392,35 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
       })();
       return started;
     },
-    request(envelope, decodedRequest) {
-      return new Promise<Answer>((resolve, reject) => {
-        try {
-          processorFor(shardFor(envelope))
-            .submit(envelope, (reply, output) => (reply instanceof Error ? reject(reply) : resolve({ reply, output })), decodedRequest)
-            .catch(() => {
-              // the waiter hears of storage failures
-            });
-        } catch (err) {
-          reject(err);
-        }
-      });
+    request(envelope, decodedRequest): Promise<Answer> {
+      const address = replyAddressOf(envelope, nodeId);
+      if (address.node !== nodeId)
+        return Promise.reject(new Error(`request ${envelope.id} names node ${address.node} for its reply, not this node (${nodeId})`));
+      // Registered before it leaves: a reply may come back before route resolves.
+      const waiting = replies.expect(address.request);
+      router
+        .route(envelope, "request", decodedRequest)
+        .catch((err: unknown) => waiting.cancel(err instanceof Error ? err : new Error(String(err))));
+      return waiting.answer;
     },
     accept(envelope) {
-      return processorFor(shardFor(envelope)).submit(envelope);
+      return router.route(envelope, "accept");
+    },
+    acquireShard(shard) {
+      if (!Number.isInteger(shard) || shard < 0 || shard >= shards)
+        return Promise.reject(new Error(`shard must be an integer from 0 to ${shards - 1}, got ${shard}`));
+      let pending = acquiring.get(shard);
+      if (pending === undefined) {
+        pending = acquire(shard).finally(() => acquiring.delete(shard));
+        acquiring.set(shard, pending);
+      }
+      return pending;
+    },
+    async releaseShard(shard) {
+      await acquiring.get(shard)?.catch(() => {});
+      const processor = processors[shard];
+      forget(shard);
+      await processor?.close();
     },
     stateOf(fn, key) {
       const processor = processorFor(shardOf(fn.typeName, key, shards));
@@ -352,8 +448,11 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
       closed = true;
       await started?.catch(() => {});
       clearInterval(snapshotChecks);
+      detach?.();
+      await Promise.all([...acquiring.values()].map((p) => p.catch(() => {})));
       await Promise.all(processors.map((p) => p?.close()));
-      await options.storage.close();
+      replies.failAll(new ShardUnavailableError(`node ${nodeId} is closing; the reply is unknown (retry with the same Idempotency-Key)`));
+      if (options.closeStorage ?? true) await options.storage.close();
       pinoLogger.flush?.();
     },
   };

@@ -1,7 +1,7 @@
 // The shard processor driven by a scripted invoker on the memory store: what
 // it does with each answer an invoker can give (effects, a suspension, a
 // throw, no answer, effects for another instance).
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, type Message, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { implement, type Logger } from "@shoal/sdk";
 import { CallResultInputSchema, type Envelope, EnvelopeSchema, okReply, type Reply } from "@shoal/sdk/internal";
@@ -75,6 +75,12 @@ async function shardWith(
     hasEgress: () => false,
     emitEgress: async () => {},
     storageFailed: () => {},
+    reply: (address, outcome) => {
+      const waiter = replyWaiters.get(address.request);
+      replyWaiters.delete(address.request);
+      waiter?.(outcome);
+    },
+    shardMoved: () => {},
   };
   const log = await storage.openShard(0, host.nodeId);
   const shard = new ShardProcessor(0, log, host);
@@ -103,6 +109,18 @@ async function shardWith(
   };
 }
 
+/** This test node's reply channel: request id -> what its reply resolves. */
+const replyWaiters = new Map<string, (outcome: Reply | ShardUnavailableError) => void>();
+
+/** Submits `envelope` with this node's reply address; resolves with its reply. */
+function ask(shard: ShardProcessor, envelope: Envelope, decoded?: Message): Promise<Reply | ShardUnavailableError> {
+  const request = `r-${envelope.id}`;
+  return new Promise((resolve) => {
+    replyWaiters.set(request, resolve);
+    void shard.submit(envelope, { node: "node-1", request }, decoded);
+  });
+}
+
 /** An ingress request to account `key`; resolves with its reply. */
 function request(shard: ShardProcessor, id: string, key: string, handler = "Deposit"): Promise<Reply | ShardUnavailableError> {
   const envelope = create(EnvelopeSchema, {
@@ -112,7 +130,7 @@ function request(shard: ShardProcessor, id: string, key: string, handler = "Depo
     payload: new Uint8Array([1]),
     replyTo: { kind: { case: "ingress", value: { node: "node-1", request: id } } },
   });
-  return new Promise((resolve) => void shard.submit(envelope, (reply) => resolve(reply)));
+  return ask(shard, envelope);
 }
 
 /** The callee's `$result` for `call`, as its outbox would deliver it. */
@@ -224,7 +242,7 @@ describe("ShardProcessor with a scripted invoker", () => {
       handler: "Deposit",
       replyTo: { kind: { case: "ingress", value: { node: "node-1", request: "m" } } },
     });
-    const reply = new Promise((resolve) => void t.shard.submit(envelope, resolve, decoded));
+    const reply = ask(t.shard, envelope, decoded);
     expect(await reply).toMatchObject({ result: { case: "ok" } });
     const message = t.requests[0]?.messages[0];
     expect(message?.decoded).toBeUndefined();

@@ -34,7 +34,7 @@ import { createEmbeddedInvoker, type RegisteredFunction } from "../invoker/embed
 import type { AwaitedCall, Invoker, MessageOutcome } from "../invoker/invoker.js";
 import { lazyLogger } from "../observe/logger.js";
 import type { RuntimeMetrics } from "../observe/metrics.js";
-import { RecordEncodingError, type ShardLog } from "../storage/storage.js";
+import { FencedError, RecordEncodingError, type ShardLog } from "../storage/storage.js";
 import type { Clock } from "./clock.js";
 import { createSlot, type Semaphore, type Slot } from "./semaphore.js";
 import { controlHandlers, ShardState } from "./shard-state.js";
@@ -96,14 +96,32 @@ export interface ShardHost {
   emitEgress(message: EgressMessage): Promise<void>;
   /** Storage failed under this shard: it stops and the node recovers it. */
   storageFailed(shard: number, error: unknown): void;
+  /**
+   * Sends a reply to the address a request named (`replyTo`): the node's reply
+   * channel takes it to the node that awaits it, this one or another. A
+   * `ShardUnavailableError` is made up by the runtime, never committed: the
+   * reply is unknown and the sender retries.
+   */
+  reply(address: ReplyAddress, outcome: Reply | ShardUnavailableError, output?: Message): void;
+  /**
+   * A newer owner opened this shard (its appends were refused with
+   * `FencedError`): the shard moved. The processor has stopped; the node
+   * forgets it and does not recover it.
+   */
+  shardMoved(processor: ShardProcessor, error: FencedError): void;
 }
 
 /**
- * Receives the reply of an accepted message once its commit is durable, or a
- * ShardUnavailableError when the shard stops or gives up the message before
- * it commits: then the reply is unknown, and the sender retries.
+ * Where the reply of an accepted message goes: the node awaiting it and its
+ * request id there (`ReplyTo.ingress`, or a call's node and call id). It gets
+ * the reply once the commit is durable, or a ShardUnavailableError when the
+ * shard stops or gives up the message before it commits: then the reply is
+ * unknown, and the sender retries.
  */
-export type ReplyWaiter = (reply: Reply | ShardUnavailableError, output?: Message) => void;
+export interface ReplyAddress {
+  readonly node: string;
+  readonly request: string;
+}
 
 /** What an invocation commits besides its reply, before sequences are assigned. */
 interface PendingEffects {
@@ -153,7 +171,7 @@ function envelopeHash(envelope: Envelope): Uint8Array {
 export class ShardProcessor {
   private state: ShardState;
   private readonly mailboxes = new Map<string, Mailbox>();
-  private readonly waiters = new Map<string, ReplyWaiter[]>();
+  private readonly waiters = new Map<string, ReplyAddress[]>();
   /**
    * Requests whose sender awaits the reply (ingress requests, calls) are not
    * logged on arrival: only their commit is. If the node dies first, the
@@ -275,11 +293,11 @@ export class ShardProcessor {
   }
 
   /**
-   * Accepts a message. `waiter`, if given, receives the reply once the commit
+   * Accepts a message. `waiter`, if given, is the address that receives the reply once the commit
    * holding it is durable. The returned promise resolves when the message is
    * durably accepted (for one-way sends), or at once when it was a duplicate.
    */
-  submit(envelope: Envelope, waiter?: ReplyWaiter, decodedRequest?: Message): Promise<void> {
+  submit(envelope: Envelope, waiter?: ReplyAddress, decodedRequest?: Message): Promise<void> {
     if (this.failed !== undefined) throw new ShardUnavailableError(`shard ${this.shard} is unavailable: ${this.failed.message}`);
     if (this.closed) throw new ShardUnavailableError(`shard ${this.shard} is closed`);
     const memoId = memoIdOf(envelope);
@@ -290,17 +308,18 @@ export class ShardProcessor {
       if (memo !== undefined && memo.expiresAtMs > 0n && memo.expiresAtMs < BigInt(this.host.clock.now())) memo = undefined;
       if (memo !== undefined) {
         if (!sameBytes(memo.requestHash, hash)) {
-          waiter?.(this.mismatch(envelope));
-        } else {
-          waiter?.(memo.reply ?? errorReply(Code.Internal, "memoized reply is missing"));
+          if (waiter !== undefined) this.host.reply(waiter, this.mismatch(envelope));
+        } else if (waiter !== undefined) {
+          this.host.reply(waiter, memo.reply ?? errorReply(Code.Internal, "memoized reply is missing"));
         }
         return Promise.resolve();
       }
       const inflightId = this.inflight.get(memoId);
       const inflight = inflightId !== undefined ? this.pendingEnvelope(inflightId) : undefined;
       if (inflight !== undefined) {
-        if (!sameBytes(envelopeHash(inflight), hash)) waiter?.(this.mismatch(envelope));
-        else if (waiter !== undefined) this.addWaiter(inflight.id, waiter);
+        if (!sameBytes(envelopeHash(inflight), hash)) {
+          if (waiter !== undefined) this.host.reply(waiter, this.mismatch(envelope));
+        } else if (waiter !== undefined) this.addWaiter(inflight.id, waiter);
         return Promise.resolve();
       }
     }
@@ -391,7 +410,7 @@ export class ShardProcessor {
     );
   }
 
-  private addWaiter(id: string, waiter: ReplyWaiter) {
+  private addWaiter(id: string, waiter: ReplyAddress) {
     const list = this.waiters.get(id);
     if (list === undefined) this.waiters.set(id, [waiter]);
     else list.push(waiter);
@@ -477,18 +496,24 @@ export class ShardProcessor {
     // A shard that is shutting down refuses appends by design: not a failure.
     if (this.failed !== undefined || this.closed) return;
     this.failed = err instanceof Error ? err : new Error(String(err));
+    // A newer owner fenced the log: the shard moved, and reopening it here
+    // would fence the new owner in turn. Stop; the new owner serves it.
+    const moved = err instanceof FencedError;
     // Made up by the runtime, so not a reply: a commit may still have become
     // durable, and the sender must retry to learn it.
     const unavailable = new ShardUnavailableError(
-      `shard ${this.shard}: storage failed, the reply is unknown (retry with the same Idempotency-Key): ${this.failed.message}`,
+      moved
+        ? `shard ${this.shard} moved to another node, the reply is unknown (retry with the same Idempotency-Key): ${this.failed.message}`
+        : `shard ${this.shard}: storage failed, the reply is unknown (retry with the same Idempotency-Key): ${this.failed.message}`,
     );
-    for (const list of this.waiters.values()) for (const w of list) w(unavailable);
+    for (const list of this.waiters.values()) for (const w of list) this.host.reply(w, unavailable);
     this.waiters.clear();
     this.volatile.clear();
     this.stopAwaiting(unavailable);
     for (const cancel of this.timers.values()) cancel();
     for (const cancel of this.expiryTimers.values()) cancel();
-    this.host.storageFailed(this.shard, this.failed);
+    if (err instanceof FencedError) this.host.shardMoved(this, err);
+    else this.host.storageFailed(this.shard, this.failed);
   }
 
   private schedule(envelope: Envelope) {
@@ -615,7 +640,7 @@ export class ShardProcessor {
       timer.unref?.();
       this.timers.set(envelope.id, () => clearTimeout(timer));
     }
-    for (const w of waiters) w(unavailable);
+    for (const w of waiters) this.host.reply(w, unavailable);
   }
 
   /**
@@ -1059,7 +1084,7 @@ export class ShardProcessor {
     for (const entry of commit.outbox) if (entry.envelope !== undefined) this.deliverOutbox(entry.sequence, entry.envelope);
     const waiters = this.waiters.get(envelope.id);
     this.waiters.delete(envelope.id);
-    if (waiters !== undefined) for (const w of waiters) w(reply, output);
+    if (waiters !== undefined) for (const w of waiters) this.host.reply(w, reply, output);
     for (const message of commit.egress) this.emitEgress(message);
     for (const write of commit.stateWrites) {
       if (write.address !== undefined && write.expiresAtMs > 0n)
@@ -1175,7 +1200,7 @@ export class ShardProcessor {
     const unavailable = new ShardUnavailableError(
       `shard ${this.shard} is shutting down; the reply is unknown (retry with the same Idempotency-Key)`,
     );
-    for (const list of this.waiters.values()) for (const w of list) w(unavailable);
+    for (const list of this.waiters.values()) for (const w of list) this.host.reply(w, unavailable);
     this.waiters.clear();
     this.stopAwaiting(unavailable);
     await this.log.close();
