@@ -1,32 +1,22 @@
-import { create, fromBinary, type Message, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import type { Address, Logger } from "@shoal/sdk";
 import {
   type CallResult,
   CallResultInputSchema,
   CallResultSchema,
-  type CancellationSchema,
   type Commit,
-  CommitSchema,
-  callResultId,
-  cancelId,
   type DeadLetter,
-  type DeadLetterSchema,
   type EgressMessage,
-  type EgressMessageSchema,
   type Envelope,
   EnvelopeSchema,
   errorReply,
   instanceId,
   type LogRecord,
   LogRecordSchema,
-  type MemoSchema,
   memoIdOf,
-  type OutboxEntry,
-  parseToken,
   type Reply,
   requestHash,
-  type StateWriteSchema,
   sameBytes,
 } from "@shoal/sdk/internal";
 import type { CallCycles } from "../invoker/call-cycles.js";
@@ -36,6 +26,10 @@ import { lazyLogger } from "../observe/logger.js";
 import type { RuntimeMetrics } from "../observe/metrics.js";
 import { FencedError, RecordEncodingError, type ShardLog } from "../storage/storage.js";
 import type { Clock } from "./clock.js";
+import { buildCommit, envelopeHash, type PendingEffects, pendingEffects } from "./commit-builder.js";
+import { createDeliveries, type Deliveries } from "./deliveries.js";
+import { createExpiry, type Expiry } from "./expiry.js";
+import { createMailboxes, type Mailboxes } from "./mailboxes.js";
 import { createSlot, type Semaphore, type Slot } from "./semaphore.js";
 import { controlHandlers, ShardState } from "./shard-state.js";
 
@@ -123,25 +117,10 @@ export interface ReplyAddress {
   readonly request: string;
 }
 
-/** What an invocation commits besides its reply, before sequences are assigned. */
-interface PendingEffects {
-  /** Set when the message failed for good: its commit records it as dead-lettered. */
-  deadLetter?: boolean;
-  stateWrites?: MessageInitShape<typeof StateWriteSchema>[];
-  outbox?: Envelope[];
-  cancellations?: MessageInitShape<typeof CancellationSchema>[];
-  egress?: MessageInitShape<typeof EgressMessageSchema>[];
-  finishedInvocations?: string[];
-}
-
+/** What an instance's mailbox runs: a message, or the expiry of its state. */
 type MailboxItem =
   | { readonly kind: "message"; readonly envelope: Envelope }
   | { readonly kind: "expire"; readonly type: string; readonly key: string };
-
-interface Mailbox {
-  readonly items: MailboxItem[];
-  running: boolean;
-}
 
 /**
  * The shard cannot accept a message or cannot get a reply now; nothing was
@@ -149,17 +128,6 @@ interface Mailbox {
  */
 export class ShardUnavailableError extends Error {
   override name = "ShardUnavailableError";
-}
-
-const textEncoder = new TextEncoder();
-
-/** The identity of a request for idempotency: its handler and payload. */
-function envelopeHash(envelope: Envelope): Uint8Array {
-  const handler = textEncoder.encode(`${envelope.handler}\u0000`);
-  const bytes = new Uint8Array(handler.length + envelope.payload.length);
-  bytes.set(handler);
-  bytes.set(envelope.payload, handler.length);
-  return requestHash(bytes);
 }
 
 /**
@@ -170,7 +138,7 @@ function envelopeHash(envelope: Envelope): Uint8Array {
  */
 export class ShardProcessor {
   private state: ShardState;
-  private readonly mailboxes = new Map<string, Mailbox>();
+  private readonly mailboxes: Mailboxes<MailboxItem>;
   private readonly waiters = new Map<string, ReplyAddress[]>();
   /**
    * Requests whose sender awaits the reply (ingress requests, calls) are not
@@ -184,10 +152,8 @@ export class ShardProcessor {
   /** Memo id -> id of the pending message that will produce it. */
   private readonly inflight = new Map<string, string>();
   private readonly timers = new Map<string, () => void>();
-  private readonly expiryTimers = new Map<string, () => void>();
-  private pendingAcks: bigint[] = [];
-  private pendingEgressDelivered: string[] = [];
-  private ackFlush: NodeJS.Timeout | undefined;
+  private readonly expiry: Expiry;
+  private readonly deliveries: Deliveries;
   private recordsSinceSnapshot = 0;
   /**
    * When the oldest record no snapshot covers was written (clock ms and the
@@ -212,8 +178,6 @@ export class ShardProcessor {
   private snapshotting = false;
   private failed: Error | undefined;
   private closed = false;
-  private running = 0;
-  private idle: Array<() => void> = [];
 
   constructor(
     readonly shard: number,
@@ -222,6 +186,31 @@ export class ShardProcessor {
   ) {
     this.state = new ShardState(shard);
     this.invoker = host.invoker ?? createEmbeddedInvoker(host);
+    const stopped = () => this.failed !== undefined || this.closed;
+    const append = (records: LogRecord[]) => this.append(records);
+    this.mailboxes = createMailboxes<MailboxItem>({
+      run: (item) => {
+        if (item.kind === "message") return this.invoke(item.envelope);
+        this.expiry.expire(item.type, item.key);
+        return undefined;
+      },
+      stopped,
+    });
+    this.expiry = createExpiry({
+      clock: host.clock,
+      instance: (id) => this.state.instances.get(id),
+      due: (id, type, key) => this.mailboxes.enqueue(id, { kind: "expire", type, key }),
+      append,
+    });
+    this.deliveries = createDeliveries({
+      shard,
+      logger: host.logger,
+      deliver: (envelope) => host.deliver(envelope),
+      emitEgress: (message) => host.emitEgress(message),
+      append,
+      closed: () => this.closed,
+      stopped,
+    });
   }
 
   /** Rebuilds the shard's state from its snapshot and log. Call before `start`. */
@@ -245,14 +234,14 @@ export class ShardProcessor {
 
   /** Delivers unacknowledged outbox entries and egress again. */
   resumeDeliveries(): void {
-    for (const [sequence, envelope] of this.state.outbox) this.deliverOutbox(sequence, envelope);
-    for (const message of this.state.egress.values()) this.emitEgress(message);
+    for (const [sequence, envelope] of this.state.outbox) this.deliveries.deliverOutbox(sequence, envelope);
+    for (const message of this.state.egress.values()) this.deliveries.emitEgress(message);
   }
 
   /** Re-arms timers and processes pending messages in log order. */
   resumeProcessing(): void {
     for (const instance of this.state.instances.values())
-      if (instance.expiresAtMs > 0) this.armExpiry(instance.type, instance.key, instance.expiresAtMs);
+      if (instance.expiresAtMs > 0) this.expiry.arm(instance.type, instance.key, instance.expiresAtMs);
     // An invocation that was awaiting a call when the node stopped runs again
     // before anything queued behind it on its instance, so that it sees the
     // state it saw before its call left (see `makeDurableBeforeCall`).
@@ -511,7 +500,7 @@ export class ShardProcessor {
     this.volatile.clear();
     this.stopAwaiting(unavailable);
     for (const cancel of this.timers.values()) cancel();
-    for (const cancel of this.expiryTimers.values()) cancel();
+    this.expiry.cancelAll();
     if (err instanceof FencedError) this.host.shardMoved(this, err);
     else this.host.storageFailed(this.shard, this.failed);
   }
@@ -538,35 +527,11 @@ export class ShardProcessor {
       void this.invoke(envelope);
       return;
     }
-    this.enqueue(instanceId(target.type, target.key), { kind: "message", envelope });
-  }
-
-  private enqueue(id: string, item: MailboxItem) {
-    let mailbox = this.mailboxes.get(id);
-    if (mailbox === undefined) {
-      mailbox = { items: [], running: false };
-      this.mailboxes.set(id, mailbox);
-    }
-    mailbox.items.push(item);
-    if (!mailbox.running) void this.pump(id, mailbox);
-  }
-
-  private async pump(id: string, mailbox: Mailbox) {
-    mailbox.running = true;
-    try {
-      for (let item = mailbox.items.shift(); item !== undefined; item = mailbox.items.shift()) {
-        if (this.failed !== undefined || this.closed) return;
-        if (item.kind === "message") await this.invoke(item.envelope);
-        else this.expire(item.type, item.key);
-      }
-    } finally {
-      mailbox.running = false;
-      if (mailbox.items.length === 0) this.mailboxes.delete(id);
-    }
+    this.mailboxes.enqueue(instanceId(target.type, target.key), { kind: "message", envelope });
   }
 
   private async invoke(envelope: Envelope): Promise<void> {
-    this.running++;
+    this.mailboxes.started();
     const slot = createSlot(this.host.slots);
     try {
       await slot.acquire();
@@ -602,8 +567,7 @@ export class ShardProcessor {
       });
     } finally {
       slot.release();
-      this.running--;
-      if (this.running === 0) for (const resolve of this.idle.splice(0)) resolve();
+      this.mailboxes.finished();
     }
   }
 
@@ -845,7 +809,6 @@ export class ShardProcessor {
       await slot.acquire();
       if (this.failed !== undefined || this.closed) return { interrupted: new ShardUnavailableError(`shard ${this.shard} stopped`) };
     }
-    const commit: PendingEffects = {};
     const effects = outcome.effects;
     const unknownEgress = effects.egress.find((e) => !this.host.hasEgress(e.egress));
     if (unknownEgress !== undefined) {
@@ -859,139 +822,35 @@ export class ShardProcessor {
         commit: this.state.journals.has(envelope.id) ? { finishedInvocations: [envelope.id] } : {},
       };
     }
-    const now = this.host.clock.now();
-    if (effects.state.kind !== "keep") {
-      const ttl = fn.stateTtlMs;
-      commit.stateWrites = [
-        effects.state.kind === "clear"
-          ? { address: self, clear: true }
-          : { address: self, state: effects.state.bytes, expiresAtMs: ttl !== undefined ? BigInt(now + ttl) : 0n },
-      ];
-    }
-    const outbox: Envelope[] = [];
-    for (const send of effects.sends) {
-      outbox.push(
-        create(EnvelopeSchema, {
-          id: send.id,
-          target: send.target,
-          handler: send.handler,
-          payload: send.payload,
-          caller: self,
-          deliverAtMs: send.delayMs > 0 ? BigInt(now + send.delayMs) : 0n,
-          traceparent: envelope.traceparent,
-          acceptedAtMs: BigInt(now),
-        }),
-      );
-    }
-    const cancellations: MessageInitShape<typeof CancellationSchema>[] = [];
-    for (const token of effects.cancels) {
-      const parts = parseToken(token);
-      if (parts === undefined) {
-        log.warn(`ctx.cancel: ignoring a token that is not a cancellation token: ${token}`);
-        continue;
-      }
-      const shard = this.host.shardOf(parts.target.type, parts.target.key);
-      if (shard === this.shard) {
-        cancellations.push({ shard, envelopeId: parts.messageId });
-      } else {
-        outbox.push(
-          create(EnvelopeSchema, {
-            id: cancelId(envelope.id, cancellations.length, parts.messageId),
-            target: parts.target,
-            handler: controlHandlers.cancel,
-            payload: textEncoder.encode(parts.messageId),
-          }),
-        );
-      }
-    }
-    // A send to a message cancelled in the same invocation never leaves.
-    commit.cancellations = cancellations;
-    commit.outbox = outbox;
-    commit.egress = effects.egress.map((e) => ({ egress: e.egress, typeName: e.typeName, payload: e.payload, id: e.id }));
-    if (this.state.journals.has(envelope.id)) commit.finishedInvocations = [envelope.id];
+    const commit = pendingEffects(effects, {
+      envelope,
+      self,
+      shard: this.shard,
+      nowMs: this.host.clock.now(),
+      stateTtlMs: fn.stateTtlMs,
+      journaled: this.state.journals.has(envelope.id),
+      shardOf: (type, key) => this.host.shardOf(type, key),
+      warn: (message) => log.warn(message),
+    });
     return { reply: outcome.reply, commit, output: outcome.output };
   }
 
   /** Appends the commit of a finished invocation; releases its effects once durable. */
   private commitOutcome(envelope: Envelope, reply: Reply, effects: PendingEffects, output?: Message) {
     const now = this.host.clock.now();
-    const outboxEnvelopes = effects.outbox ?? [];
-    const outbox: OutboxEntry[] = [];
-    const stamp = (e: Envelope): OutboxEntry => {
-      const sequence = this.state.nextOutboxSequence + BigInt(outbox.length);
-      e.source = { $typeName: "shoal.v1.OutboxSource", shard: this.shard, sequence };
-      return { $typeName: "shoal.v1.OutboxEntry", sequence, envelope: e };
-    };
-    for (const e of outboxEnvelopes) outbox.push(stamp(e));
-    const replyTo = envelope.replyTo?.kind;
-    if (replyTo?.case === "call" && replyTo.value.caller !== undefined) {
-      const target = envelope.target;
-      const result = create(CallResultInputSchema, {
-        invocationId: replyTo.value.invocationId,
-        result: {
-          callId: envelope.callId,
-          target: target !== undefined ? { type: target.type, key: target.key } : undefined,
-          handler: envelope.handler,
-          requestHash: requestHash(envelope.payload),
-          reply,
-        },
-      });
-      outbox.push(
-        stamp(
-          create(EnvelopeSchema, {
-            id: callResultId(envelope.id),
-            target: replyTo.value.caller,
-            shard: replyTo.value.shard,
-            handler: controlHandlers.callResult,
-            payload: toBinary(CallResultInputSchema, result),
-          }),
-        ),
-      );
-    }
-    const memoId = memoIdOf(envelope);
-    const memos: MessageInitShape<typeof MemoSchema>[] =
-      memoId !== undefined
-        ? [
-            {
-              id: memoId,
-              requestHash: envelopeHash(envelope),
-              reply,
-              expiresAtMs: BigInt(now + this.host.memoRetentionMs),
-              target: envelope.target,
-              handler: envelope.handler,
-            },
-          ]
-        : [];
-    const acked = this.pendingAcks;
-    const egressDelivered = this.pendingEgressDelivered;
-    this.pendingAcks = [];
-    this.pendingEgressDelivered = [];
-    const deadLetters: MessageInitShape<typeof DeadLetterSchema>[] = effects.deadLetter
-      ? [
-          {
-            envelopeId: envelope.id,
-            target: envelope.target,
-            handler: envelope.handler,
-            payload: this.requestBytes(envelope),
-            caller: envelope.caller,
-            error: reply.result.case === "error" ? reply.result.value : undefined,
-            deadAtMs: BigInt(now),
-          },
-        ]
-      : [];
-    const commit = create(CommitSchema, {
-      stateWrites: effects.stateWrites,
-      cancellations: effects.cancellations,
-      egress: effects.egress,
-      finishedInvocations: effects.finishedInvocations,
-      consumed: [envelope.id],
-      outbox,
-      memos,
-      acked,
-      egressDelivered,
-      invocationId: envelope.id,
-      deadLetters,
+    const delivered = this.deliveries.take();
+    const commit = buildCommit({
+      shard: this.shard,
+      nextOutboxSequence: this.state.nextOutboxSequence,
+      envelope,
+      reply,
+      effects,
+      nowMs: now,
+      memoRetentionMs: this.host.memoRetentionMs,
+      delivered,
+      requestBytes: () => this.requestBytes(envelope),
     });
+    const memoId = memoIdOf(envelope);
     if (memoId !== undefined) this.inflight.delete(memoId);
     this.volatile.delete(envelope.id);
     this.interruptions.delete(envelope.id);
@@ -1002,8 +861,7 @@ export class ShardProcessor {
     } catch (err) {
       if (!(err instanceof RecordEncodingError)) return;
       // Nothing was appended: the deliveries ride on the next commit after all.
-      this.pendingAcks.unshift(...acked);
-      this.pendingEgressDelivered.unshift(...egressDelivered);
+      this.deliveries.putBack(delivered);
       const problem = `${describe(envelope)}: its effects cannot be committed: ${err.message}`;
       if (effects.deadLetter) {
         this.host.logger.error(`shard ${this.shard}: ${problem}; the message stays pending`);
@@ -1081,121 +939,31 @@ export class ShardProcessor {
     // Outbox first: a call's result is in the caller's journal (appended
     // synchronously in process) before the caller resumes, so the caller's
     // commit, which drops that journal, always comes after it in the log.
-    for (const entry of commit.outbox) if (entry.envelope !== undefined) this.deliverOutbox(entry.sequence, entry.envelope);
+    for (const entry of commit.outbox) if (entry.envelope !== undefined) this.deliveries.deliverOutbox(entry.sequence, entry.envelope);
     const waiters = this.waiters.get(envelope.id);
     this.waiters.delete(envelope.id);
     if (waiters !== undefined) for (const w of waiters) this.host.reply(w, reply, output);
-    for (const message of commit.egress) this.emitEgress(message);
+    for (const message of commit.egress) this.deliveries.emitEgress(message);
     for (const write of commit.stateWrites) {
       if (write.address !== undefined && write.expiresAtMs > 0n)
-        this.armExpiry(write.address.type, write.address.key, Number(write.expiresAtMs));
-    }
-  }
-
-  private deliverOutbox(sequence: bigint, envelope: Envelope, attempt = 0) {
-    if (this.closed || this.failed !== undefined) return;
-    // Until the receiver has it durably the entry stays in the outbox: retry
-    // (the receiver drops duplicates by source and sequence).
-    let delivered: Promise<void>;
-    try {
-      delivered = this.host.deliver(envelope);
-    } catch (err) {
-      delivered = Promise.reject(err);
-    }
-    delivered.then(
-      () => this.ack(sequence),
-      (err) => {
-        const delay = Math.min(5_000, 50 * 2 ** attempt);
-        if (attempt === 3)
-          this.host.logger.warn(`shard ${this.shard}: outbox delivery ${sequence} keeps failing; retrying`, { error: String(err) });
-        const timer = setTimeout(() => this.deliverOutbox(sequence, envelope, attempt + 1), delay);
-        timer.unref?.();
-      },
-    );
-  }
-
-  private emitEgress(message: EgressMessage) {
-    Promise.resolve()
-      .then(() => this.host.emitEgress(message))
-      .then(
-        () => {
-          this.pendingEgressDelivered.push(message.id);
-          this.scheduleAckFlush();
-        },
-        (err) =>
-          this.host.logger.warn(`egress ${message.egress}: delivery of ${message.id} failed; it is retried on recovery`, {
-            error: String(err),
-          }),
-      );
-  }
-
-  private ack(sequence: bigint) {
-    this.pendingAcks.push(sequence);
-    this.scheduleAckFlush();
-  }
-
-  // Acknowledgements ride on the next commit; an idle shard writes them alone
-  // shortly after, so its outbox does not grow without bound.
-  private scheduleAckFlush() {
-    if (this.ackFlush !== undefined || this.closed) return;
-    this.ackFlush = setTimeout(() => {
-      this.ackFlush = undefined;
-      if (this.failed !== undefined || this.closed) return;
-      this.appendDeliveries()?.catch(() => {});
-    }, 50);
-    this.ackFlush.unref?.();
-  }
-
-  /** Appends the acknowledgements and egress deliveries no commit has carried yet, if any. */
-  private appendDeliveries(): Promise<void> | undefined {
-    if (this.pendingAcks.length === 0 && this.pendingEgressDelivered.length === 0) return undefined;
-    const commit = create(CommitSchema, { acked: this.pendingAcks, egressDelivered: this.pendingEgressDelivered });
-    this.pendingAcks = [];
-    this.pendingEgressDelivered = [];
-    try {
-      return this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit } })]);
-    } catch (err) {
-      // fail() has recorded it
-      return Promise.reject(err);
-    }
-  }
-
-  private armExpiry(type: string, key: string, atMs: number) {
-    const id = instanceId(type, key);
-    this.expiryTimers.get(id)?.();
-    const cancel = this.host.clock.schedule(atMs - this.host.clock.now(), () => {
-      this.expiryTimers.delete(id);
-      this.enqueue(id, { kind: "expire", type, key });
-    });
-    this.expiryTimers.set(id, cancel);
-  }
-
-  private expire(type: string, key: string) {
-    const instance = this.state.instances.get(instanceId(type, key));
-    if (instance === undefined || instance.expiresAtMs === 0 || instance.expiresAtMs > this.host.clock.now()) return;
-    const commit = create(CommitSchema, { stateWrites: [{ address: { type, key }, clear: true }] });
-    try {
-      this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit } })]).catch(() => {});
-    } catch {
-      // fail() has recorded it
+        this.expiry.arm(write.address.type, write.address.key, Number(write.expiresAtMs));
     }
   }
 
   /** Resolves when no invocation is running (for tests and shutdown). */
   whenIdle(): Promise<void> {
-    if (this.running === 0) return Promise.resolve();
-    return new Promise((resolve) => this.idle.push(resolve));
+    return this.mailboxes.whenIdle();
   }
 
   /** Stops accepting work and closes the log. */
   async close(): Promise<void> {
     // Record deliveries that happened, so a graceful restart does not repeat them
     // (if this fails they are delivered again after the restart: at-least-once).
-    if (this.failed === undefined && !this.closed) await this.appendDeliveries()?.catch(() => {});
+    if (this.failed === undefined && !this.closed) await this.deliveries.appendPending()?.catch(() => {});
     this.closed = true;
     for (const cancel of this.timers.values()) cancel();
-    for (const cancel of this.expiryTimers.values()) cancel();
-    if (this.ackFlush !== undefined) clearTimeout(this.ackFlush);
+    this.expiry.cancelAll();
+    this.deliveries.cancelFlush();
     // Not a reply: a commit in flight may still become durable as the log closes.
     const unavailable = new ShardUnavailableError(
       `shard ${this.shard} is shutting down; the reply is unknown (retry with the same Idempotency-Key)`,
