@@ -213,74 +213,6 @@ export class ShardProcessor {
     });
   }
 
-  /** Rebuilds the shard's state from its snapshot and log. Call before `start`. */
-  async recover(): Promise<void> {
-    const recovered = await this.log.recover();
-    this.state = recovered.snapshot !== undefined ? ShardState.fromSnapshot(recovered.snapshot) : new ShardState(this.shard);
-    for (const { sequence, record } of recovered.records) this.state.apply(record, sequence);
-    this.recordsSinceSnapshot = recovered.records.length;
-    if (recovered.records.length > 0) this.unsnapshotted = { atMs: this.host.clock.now(), logBytes: this.host.logBytesWritten() };
-  }
-
-  /**
-   * Resumes work left by the recovered state, in two phases so that a node
-   * can redeliver every shard's outbox (call results included) before any
-   * shard re-runs its pending invocations.
-   */
-  start(): void {
-    this.resumeDeliveries();
-    this.resumeProcessing();
-  }
-
-  /** Delivers unacknowledged outbox entries and egress again. */
-  resumeDeliveries(): void {
-    for (const [sequence, envelope] of this.state.outbox) this.deliveries.deliverOutbox(sequence, envelope);
-    for (const message of this.state.egress.values()) this.deliveries.emitEgress(message);
-  }
-
-  /** Re-arms timers and processes pending messages in log order. */
-  resumeProcessing(): void {
-    for (const instance of this.state.instances.values())
-      if (instance.expiresAtMs > 0) this.expiry.arm(instance.type, instance.key, instance.expiresAtMs);
-    // An invocation that was awaiting a call when the node stopped runs again
-    // before anything queued behind it on its instance, so that it sees the
-    // state it saw before its call left (see `makeDurableBeforeCall`).
-    const pending = [...this.state.pending.values()];
-    const inProgress = (e: Envelope) => e.replyTo !== undefined && e.deliverAtMs === 0n;
-    for (const envelope of [...pending.filter(inProgress), ...pending.filter((e) => !inProgress(e))]) {
-      const memoId = memoIdOf(envelope);
-      if (memoId !== undefined) this.inflight.set(memoId, envelope.id);
-      this.schedule(envelope);
-    }
-  }
-
-  /** The committed (possibly not yet durable) state of an instance. */
-  stateOf(type: string, key: string): Uint8Array | undefined {
-    return this.state.instances.get(instanceId(type, key))?.state;
-  }
-
-  /** Every instance of a type in this shard. */
-  instancesOf(type: string): Array<{ key: string; state: Uint8Array }> {
-    const out: Array<{ key: string; state: Uint8Array }> = [];
-    for (const i of this.state.instances.values()) if (i.type === type) out.push({ key: i.key, state: i.state });
-    return out;
-  }
-
-  /** Counts for `shoal status` and metrics. */
-  stats() {
-    return {
-      shard: this.shard,
-      instances: this.state.instances.size,
-      pending: this.state.pending.size + this.volatile.size,
-      outbox: this.state.outbox.size,
-      memos: this.state.memos.size,
-      journals: this.state.journals.size,
-      sequence: this.state.sequence,
-      epoch: this.log.epoch,
-      failed: this.failed?.message,
-    };
-  }
-
   /**
    * Accepts a message. `waiter`, if given, is the address that receives the reply once the commit
    * holding it is durable. The returned promise resolves when the message is
@@ -342,50 +274,6 @@ export class ShardProcessor {
     return durable;
   }
 
-  /** Records a call's reply in the caller's journal (delivered from the callee's outbox). */
-  submitCallResult(envelope: Envelope): Promise<void> {
-    if (this.failed !== undefined) throw new ShardUnavailableError(`shard ${this.shard} is unavailable: ${this.failed.message}`);
-    if (this.state.isDuplicate(envelope)) return Promise.resolve();
-    const input = fromResultEnvelope(envelope);
-    const durable = this.append([create(LogRecordSchema, { kind: { case: "callResult", value: { ...input, source: envelope.source } } })]);
-    this.wakeIfAnswered(input.invocationId);
-    return durable;
-  }
-
-  /** Runs a suspended invocation again once every call it awaits has its result in the journal. */
-  private wakeIfAnswered(invocationId: string) {
-    const waiting = this.awaiting.get(invocationId);
-    if (waiting === undefined) return;
-    const journal = this.state.journals.get(invocationId) ?? [];
-    if (!waiting.callIds.every((id) => journal.some((r) => r.callId === id))) return;
-    this.awaiting.delete(invocationId);
-    waiting.wake();
-  }
-
-  /** Wakes every suspended invocation with `reason`: its calls' results will not arrive here. */
-  private stopAwaiting(reason: Error) {
-    for (const waiting of this.awaiting.values()) waiting.wake(reason);
-    this.awaiting.clear();
-  }
-
-  /** An accepted message not consumed yet, logged or not. */
-  private pendingEnvelope(id: string): Envelope | undefined {
-    return this.state.pending.get(id) ?? this.volatile.get(id);
-  }
-
-  /** Whether this shard keeps a reply for a message (its memo), or has it still to run. */
-  heldCall(envelope: Envelope): "kept" | "inflight" | undefined {
-    if (this.failed !== undefined || this.closed) throw new ShardUnavailableError(`shard ${this.shard} is not open`);
-    const memoId = memoIdOf(envelope);
-    if (memoId !== undefined) {
-      const memo = this.state.memos.get(memoId);
-      if (memo !== undefined && !(memo.expiresAtMs > 0n && memo.expiresAtMs < BigInt(this.host.clock.now()))) return "kept";
-      const inflightId = this.inflight.get(memoId);
-      if (inflightId !== undefined && this.pendingEnvelope(inflightId) !== undefined) return "inflight";
-    }
-    return this.pendingEnvelope(envelope.id) !== undefined ? "inflight" : undefined;
-  }
-
   private mismatch(envelope: Envelope): Reply {
     if (envelope.callId !== "") {
       return errorReply(
@@ -405,104 +293,9 @@ export class ShardProcessor {
     else list.push(waiter);
   }
 
-  /**
-   * Appends records and applies them. A record that cannot be encoded throws
-   * `RecordEncodingError` at once and fails only the message it came from;
-   * any other failure is the storage's and fails the shard.
-   */
-  private append(records: LogRecord[]): Promise<void> {
-    let result: ReturnType<ShardLog["append"]>;
-    try {
-      result = this.log.append(records);
-    } catch (err) {
-      if (err instanceof RecordEncodingError) throw err;
-      this.fail(err);
-      return Promise.reject(err);
-    }
-    let commits = 0;
-    for (const record of records) {
-      this.state.apply(record, result.lastSequence);
-      if (record.kind.case === "commit") commits++;
-    }
-    if (commits > 0) this.host.metrics.committed(commits);
-    this.recordsSinceSnapshot += records.length;
-    this.unsnapshotted ??= { atMs: this.host.clock.now(), logBytes: this.host.logBytesWritten() };
-    this.lastDurable = result.durable;
-    this.snapshotIfDue();
-    result.durable.catch((err) => this.fail(err));
-    return result.durable;
-  }
-
-  /**
-   * Snapshots when `snapshotEvery` records, `snapshotLogBytes` of the node's
-   * log or `snapshotAfterMs` have passed since the oldest record no snapshot
-   * covers. The node also calls it periodically, for idle shards that pin old
-   * log segments.
-   */
-  snapshotIfDue(): void {
-    const since = this.unsnapshotted;
-    if (since === undefined || this.snapshotting || this.closed || this.failed !== undefined) return;
-    if (
-      this.recordsSinceSnapshot >= this.host.snapshotEvery ||
-      this.host.logBytesWritten() - since.logBytes >= this.host.snapshotLogBytes ||
-      this.host.clock.now() - since.atMs >= this.host.snapshotAfterMs
-    ) {
-      this.unsnapshotted = undefined;
-      this.snapshot(this.lastDurable);
-    }
-  }
-
-  private snapshot(durable: Promise<void>) {
-    this.snapshotting = true;
-    this.recordsSinceSnapshot = 0;
-    const now = this.host.clock.now();
-    this.state.pruneMemos(now);
-    // A journal whose invocation is neither pending nor in flight mostly
-    // belongs to a request lost in a crash: its sender retries under the same
-    // id, and the re-run must find the replies its callees committed. So it
-    // is kept as long as a reply memo would be (the retention counts from the
-    // first snapshot that found it orphaned, in this process).
-    for (const id of this.orphanedSince.keys()) if (!this.state.journals.has(id)) this.orphanedSince.delete(id);
-    this.state.pruneJournals((id) => {
-      if (this.pendingEnvelope(id) !== undefined) {
-        this.orphanedSince.delete(id);
-        return true;
-      }
-      const since = this.orphanedSince.get(id) ?? now;
-      this.orphanedSince.set(id, since);
-      return now - since <= this.host.memoRetentionMs;
-    });
-    const snapshot = this.state.toSnapshot();
-    durable
-      .then(() => this.log.writeSnapshot(snapshot))
-      .catch((err) => this.host.logger.warn(`shard ${this.shard}: snapshot failed`, { error: String(err) }))
-      .finally(() => {
-        this.snapshotting = false;
-      });
-  }
-
-  private fail(err: unknown) {
-    // A shard that is shutting down refuses appends by design: not a failure.
-    if (this.failed !== undefined || this.closed) return;
-    this.failed = err instanceof Error ? err : new Error(String(err));
-    // A newer owner fenced the log: the shard moved, and reopening it here
-    // would fence the new owner in turn. Stop; the new owner serves it.
-    const moved = err instanceof FencedError;
-    // Made up by the runtime, so not a reply: a commit may still have become
-    // durable, and the sender must retry to learn it.
-    const unavailable = new ShardUnavailableError(
-      moved
-        ? `shard ${this.shard} moved to another node, the reply is unknown (retry with the same Idempotency-Key): ${this.failed.message}`
-        : `shard ${this.shard}: storage failed, the reply is unknown (retry with the same Idempotency-Key): ${this.failed.message}`,
-    );
-    for (const list of this.waiters.values()) for (const w of list) this.host.reply(w, unavailable);
-    this.waiters.clear();
-    this.volatile.clear();
-    this.stopAwaiting(unavailable);
-    for (const cancel of this.timers.values()) cancel();
-    this.expiry.cancelAll();
-    if (err instanceof FencedError) this.host.shardMoved(this, err);
-    else this.host.storageFailed(this.shard, this.failed);
+  /** An accepted message not consumed yet, logged or not. */
+  private pendingEnvelope(id: string): Envelope | undefined {
+    return this.state.pending.get(id) ?? this.volatile.get(id);
   }
 
   private schedule(envelope: Envelope) {
@@ -568,182 +361,6 @@ export class ShardProcessor {
     } finally {
       slot.release();
       this.mailboxes.finished();
-    }
-  }
-
-  /**
-   * An invocation could not get a call's reply: it commits nothing. Its
-   * waiters hear Unavailable and retry; a logged message runs again later.
-   */
-  private interrupt(envelope: Envelope, reason: unknown) {
-    // close() and fail() answer the waiters, and recovery re-runs logged messages.
-    if (this.failed !== undefined || this.closed) return;
-    const why = reason instanceof Error ? reason.message : String(reason);
-    this.host.logger.warn(`shard ${this.shard}: invocation ${envelope.id} was interrupted; nothing was committed`, { error: why });
-    const unavailable = new ShardUnavailableError(
-      `${envelope.target?.type ?? "?"}.${envelope.handler}: nothing was committed, a call got no reply: ${why}`,
-    );
-    const waiters = this.waiters.get(envelope.id) ?? [];
-    this.waiters.delete(envelope.id);
-    this.madeUp.delete(envelope.id);
-    if (this.volatile.delete(envelope.id)) {
-      // The sender holds the request: its retry runs it again.
-      const memoId = memoIdOf(envelope);
-      if (memoId !== undefined && this.inflight.get(memoId) === envelope.id) this.inflight.delete(memoId);
-    } else if (this.state.pending.has(envelope.id)) {
-      const n = (this.interruptions.get(envelope.id) ?? 0) + 1;
-      this.interruptions.set(envelope.id, n);
-      const { initialDelayMs, maxDelayMs } = this.host.retry;
-      const timer = setTimeout(
-        () => {
-          this.timers.delete(envelope.id);
-          if (this.state.pending.has(envelope.id) && this.failed === undefined && !this.closed) this.dispatch(envelope);
-        },
-        Math.min(maxDelayMs, initialDelayMs * 2 ** (n - 1)),
-      );
-      timer.unref?.();
-      this.timers.set(envelope.id, () => clearTimeout(timer));
-    }
-    for (const w of waiters) this.host.reply(w, unavailable);
-  }
-
-  /**
-   * Asks the invoker to run one message, within the invoke timeout. Its
-   * answer is refused when it is for another instance: nothing of it commits.
-   */
-  private async invokeOnce(envelope: Envelope, self: Address, stateful: boolean, log: Logger): Promise<MessageOutcome> {
-    const timeoutMs = this.host.invokeTimeoutMs;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () =>
-          reject(
-            new Error(
-              `${describe(envelope)}: the invoker did not answer within ${timeoutMs} ms (invokeTimeoutMs); the run is abandoned (raise invokeTimeoutMs if handlers need longer)`,
-            ),
-          ),
-        timeoutMs,
-      );
-    });
-    let response: Awaited<ReturnType<Invoker["invoke"]>>;
-    const inProcess = this.invoker.inProcess === true;
-    try {
-      const invoked = this.invoker.invoke({
-        address: self,
-        state: stateful ? this.state.instances.get(instanceId(self.type, self.key))?.state : undefined,
-        messages: [
-          inProcess
-            ? {
-                envelope,
-                journal: this.journalOf(envelope.id),
-                decoded: this.decodedRequests.get(envelope),
-                // Only an in-process ingress waiter with nothing to memoize can take the message itself.
-                encodeReply: !(envelope.replyTo?.kind.case === "ingress" && memoIdOf(envelope) === undefined),
-              }
-            : { envelope: this.withPayload(envelope), journal: this.journalOf(envelope.id) },
-        ],
-      });
-      invoked.catch(() => {});
-      response = await Promise.race([invoked, timeout]);
-    } catch (err) {
-      return { status: "failed", retryable: true, message: errorMessage(err) };
-    } finally {
-      clearTimeout(timer);
-    }
-    const got = response.address;
-    if (got?.type !== self.type || got.key !== self.key) {
-      const message = `${describe(envelope)}: the invoker answered for instance ${got?.type}/${got?.key}, not ${self.type}/${self.key}; its effects are refused (a bug in the invoker: it must answer for the instance it was given)`;
-      log.error(message);
-      this.host.metrics.invokerRefused(self.type, envelope.handler);
-      return { status: "failed", retryable: true, message };
-    }
-    return (
-      response.outcomes[0] ?? { status: "failed", retryable: true, message: `${describe(envelope)}: the invoker answered nothing for it` }
-    );
-  }
-
-  /** The call results an invocation has so far: its journal and the answers made up for it, in call order. */
-  private journalOf(invocationId: string): CallResult[] {
-    const journal = [...(this.state.journals.get(invocationId) ?? []), ...(this.madeUp.get(invocationId) ?? [])];
-    const index = (r: CallResult) => Number(r.callId.slice(r.callId.lastIndexOf("/") + 1));
-    if (journal.length > 1) journal.sort((a, b) => index(a) - index(b));
-    return journal;
-  }
-
-  /**
-   * Sends the calls a suspended invocation awaits, as messages, and waits
-   * until all their results are in its journal (undefined), or returns why
-   * they will not come now (nothing committed: the invocation is interrupted).
-   * The instance stays locked meanwhile; the slot is given back, the callee
-   * may need one.
-   */
-  private async awaitCalls(envelope: Envelope, calls: readonly AwaitedCall[], locked: boolean, slot: Slot): Promise<unknown> {
-    const target = envelope.target ?? { type: "", key: "" };
-    const selfId = `${target.type}/${target.key}`;
-    const chain = envelope.callChain;
-    const now = this.host.clock.now();
-    const edges: Array<() => void> = [];
-    const outgoing: Envelope[] = [];
-    try {
-      for (const call of calls) {
-        const targetId = `${call.target.type}/${call.target.key}`;
-        const callee = this.host.lookup(call.target.type);
-        const targetLocks = callee?.fn.state !== undefined && !(callee.fn.handlers.get(call.handler)?.shared ?? false);
-        const callEnvelope = create(EnvelopeSchema, {
-          id: call.callId,
-          target: call.target,
-          handler: call.handler,
-          payload: call.payload,
-          callId: call.callId,
-          caller: target,
-          replyTo: {
-            kind: { case: "call", value: { caller: target, invocationId: envelope.id, node: this.host.nodeId, shard: this.shard } },
-          },
-          callChain: locked ? [...chain, selfId] : chain,
-          traceparent: envelope.traceparent,
-          acceptedAtMs: BigInt(now),
-        });
-        const cycle = targetLocks ? this.host.callCycles.find(chain, selfId, targetId, locked) : undefined;
-        if (cycle !== undefined) {
-          // A re-run may re-issue a call its callee has answered already:
-          // only that answer is final. A cycle answer is final only if the
-          // callee holds nothing for this call id, so it can never commit it.
-          const held = this.host.heldCall(callEnvelope);
-          if (held === "inflight")
-            throw new ShardUnavailableError(`call ${call.callId} to ${targetId} is still to run there, behind this locked instance`);
-          if (held === undefined) {
-            const answer = create(CallResultSchema, {
-              callId: call.callId,
-              target: call.target,
-              handler: call.handler,
-              requestHash: requestHash(call.payload),
-              reply: errorReply(Code.FailedPrecondition, cycle),
-            });
-            this.madeUp.set(envelope.id, [...(this.madeUp.get(envelope.id) ?? []), answer]);
-            continue;
-          }
-          // Kept: the callee's shard answers from its memo without waiting for its lock.
-        } else if (locked && targetLocks) {
-          edges.push(this.host.callCycles.wait(selfId, targetId));
-        }
-        outgoing.push(callEnvelope);
-      }
-      if (outgoing.length === 0) return undefined;
-      const callIds = outgoing.map((e) => e.callId);
-      const answered = new Promise<Error | undefined>((resolve) => this.awaiting.set(envelope.id, { callIds, wake: resolve }));
-      await this.makeDurableBeforeCall(envelope);
-      slot.release();
-      await Promise.all(outgoing.map((e) => this.host.deliver(e)));
-      this.wakeIfAnswered(envelope.id);
-      const stopped = await answered;
-      if (stopped !== undefined) throw stopped;
-      return undefined;
-    } catch (err) {
-      return err ?? new Error("a call failed");
-    } finally {
-      this.awaiting.delete(envelope.id);
-      for (const remove of edges) remove();
-      await slot.acquire();
     }
   }
 
@@ -835,6 +452,248 @@ export class ShardProcessor {
     return { reply: outcome.reply, commit, output: outcome.output };
   }
 
+  /**
+   * Asks the invoker to run one message, within the invoke timeout. Its
+   * answer is refused when it is for another instance: nothing of it commits.
+   */
+  private async invokeOnce(envelope: Envelope, self: Address, stateful: boolean, log: Logger): Promise<MessageOutcome> {
+    const timeoutMs = this.host.invokeTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new Error(
+              `${describe(envelope)}: the invoker did not answer within ${timeoutMs} ms (invokeTimeoutMs); the run is abandoned (raise invokeTimeoutMs if handlers need longer)`,
+            ),
+          ),
+        timeoutMs,
+      );
+    });
+    let response: Awaited<ReturnType<Invoker["invoke"]>>;
+    const inProcess = this.invoker.inProcess === true;
+    try {
+      const invoked = this.invoker.invoke({
+        address: self,
+        state: stateful ? this.state.instances.get(instanceId(self.type, self.key))?.state : undefined,
+        messages: [
+          inProcess
+            ? {
+                envelope,
+                journal: this.journalOf(envelope.id),
+                decoded: this.decodedRequests.get(envelope),
+                // Only an in-process ingress waiter with nothing to memoize can take the message itself.
+                encodeReply: !(envelope.replyTo?.kind.case === "ingress" && memoIdOf(envelope) === undefined),
+              }
+            : { envelope: this.withPayload(envelope), journal: this.journalOf(envelope.id) },
+        ],
+      });
+      invoked.catch(() => {});
+      response = await Promise.race([invoked, timeout]);
+    } catch (err) {
+      return { status: "failed", retryable: true, message: errorMessage(err) };
+    } finally {
+      clearTimeout(timer);
+    }
+    const got = response.address;
+    if (got?.type !== self.type || got.key !== self.key) {
+      const message = `${describe(envelope)}: the invoker answered for instance ${got?.type}/${got?.key}, not ${self.type}/${self.key}; its effects are refused (a bug in the invoker: it must answer for the instance it was given)`;
+      log.error(message);
+      this.host.metrics.invokerRefused(self.type, envelope.handler);
+      return { status: "failed", retryable: true, message };
+    }
+    return (
+      response.outcomes[0] ?? { status: "failed", retryable: true, message: `${describe(envelope)}: the invoker answered nothing for it` }
+    );
+  }
+
+  /** The call results an invocation has so far: its journal and the answers made up for it, in call order. */
+  private journalOf(invocationId: string): CallResult[] {
+    const journal = [...(this.state.journals.get(invocationId) ?? []), ...(this.madeUp.get(invocationId) ?? [])];
+    const index = (r: CallResult) => Number(r.callId.slice(r.callId.lastIndexOf("/") + 1));
+    if (journal.length > 1) journal.sort((a, b) => index(a) - index(b));
+    return journal;
+  }
+
+  /** The envelope with its request's bytes (an ingress request travels decoded). */
+  private withPayload(envelope: Envelope): Envelope {
+    return envelope.payload.length > 0 || !this.decodedRequests.has(envelope)
+      ? envelope
+      : { ...envelope, payload: this.requestBytes(envelope) };
+  }
+
+  /**
+   * Sends the calls a suspended invocation awaits, as messages, and waits
+   * until all their results are in its journal (undefined), or returns why
+   * they will not come now (nothing committed: the invocation is interrupted).
+   * The instance stays locked meanwhile; the slot is given back, the callee
+   * may need one.
+   */
+  private async awaitCalls(envelope: Envelope, calls: readonly AwaitedCall[], locked: boolean, slot: Slot): Promise<unknown> {
+    const target = envelope.target ?? { type: "", key: "" };
+    const selfId = `${target.type}/${target.key}`;
+    const chain = envelope.callChain;
+    const now = this.host.clock.now();
+    const edges: Array<() => void> = [];
+    const outgoing: Envelope[] = [];
+    try {
+      for (const call of calls) {
+        const targetId = `${call.target.type}/${call.target.key}`;
+        const callee = this.host.lookup(call.target.type);
+        const targetLocks = callee?.fn.state !== undefined && !(callee.fn.handlers.get(call.handler)?.shared ?? false);
+        const callEnvelope = create(EnvelopeSchema, {
+          id: call.callId,
+          target: call.target,
+          handler: call.handler,
+          payload: call.payload,
+          callId: call.callId,
+          caller: target,
+          replyTo: {
+            kind: { case: "call", value: { caller: target, invocationId: envelope.id, node: this.host.nodeId, shard: this.shard } },
+          },
+          callChain: locked ? [...chain, selfId] : chain,
+          traceparent: envelope.traceparent,
+          acceptedAtMs: BigInt(now),
+        });
+        const cycle = targetLocks ? this.host.callCycles.find(chain, selfId, targetId, locked) : undefined;
+        if (cycle !== undefined) {
+          // A re-run may re-issue a call its callee has answered already:
+          // only that answer is final. A cycle answer is final only if the
+          // callee holds nothing for this call id, so it can never commit it.
+          const held = this.host.heldCall(callEnvelope);
+          if (held === "inflight")
+            throw new ShardUnavailableError(`call ${call.callId} to ${targetId} is still to run there, behind this locked instance`);
+          if (held === undefined) {
+            const answer = create(CallResultSchema, {
+              callId: call.callId,
+              target: call.target,
+              handler: call.handler,
+              requestHash: requestHash(call.payload),
+              reply: errorReply(Code.FailedPrecondition, cycle),
+            });
+            this.madeUp.set(envelope.id, [...(this.madeUp.get(envelope.id) ?? []), answer]);
+            continue;
+          }
+          // Kept: the callee's shard answers from its memo without waiting for its lock.
+        } else if (locked && targetLocks) {
+          edges.push(this.host.callCycles.wait(selfId, targetId));
+        }
+        outgoing.push(callEnvelope);
+      }
+      if (outgoing.length === 0) return undefined;
+      const callIds = outgoing.map((e) => e.callId);
+      const answered = new Promise<Error | undefined>((resolve) => this.awaiting.set(envelope.id, { callIds, wake: resolve }));
+      await this.makeDurableBeforeCall(envelope);
+      slot.release();
+      await Promise.all(outgoing.map((e) => this.host.deliver(e)));
+      this.wakeIfAnswered(envelope.id);
+      const stopped = await answered;
+      if (stopped !== undefined) throw stopped;
+      return undefined;
+    } catch (err) {
+      return err ?? new Error("a call failed");
+    } finally {
+      this.awaiting.delete(envelope.id);
+      for (const remove of edges) remove();
+      await slot.acquire();
+    }
+  }
+
+  /**
+   * A request whose sender awaits the reply is kept in memory only, until its
+   * commit: if the node dies, the sender retries. That stops holding once a
+   * call leaves: the callee may commit, and the re-run after a crash must
+   * then find the invocation still in progress, and run before anything
+   * queued behind it on its instance, or it would decide anew on a state that
+   * has moved on (a transfer refused for a balance a later one lowered, its
+   * deposit applied all the same). So the request is logged before its first
+   * call leaves, and `resumeProcessing` resumes it first.
+   */
+  private makeDurableBeforeCall(envelope: Envelope): Promise<void> {
+    if (!this.volatile.delete(envelope.id)) return Promise.resolve();
+    if (envelope.payload.length === 0) envelope.payload = this.requestBytes(envelope);
+    try {
+      return this.append([create(LogRecordSchema, { kind: { case: "input", value: { envelope } } })]);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** Records a call's reply in the caller's journal (delivered from the callee's outbox). */
+  submitCallResult(envelope: Envelope): Promise<void> {
+    if (this.failed !== undefined) throw new ShardUnavailableError(`shard ${this.shard} is unavailable: ${this.failed.message}`);
+    if (this.state.isDuplicate(envelope)) return Promise.resolve();
+    const input = fromResultEnvelope(envelope);
+    const durable = this.append([create(LogRecordSchema, { kind: { case: "callResult", value: { ...input, source: envelope.source } } })]);
+    this.wakeIfAnswered(input.invocationId);
+    return durable;
+  }
+
+  /** Runs a suspended invocation again once every call it awaits has its result in the journal. */
+  private wakeIfAnswered(invocationId: string) {
+    const waiting = this.awaiting.get(invocationId);
+    if (waiting === undefined) return;
+    const journal = this.state.journals.get(invocationId) ?? [];
+    if (!waiting.callIds.every((id) => journal.some((r) => r.callId === id))) return;
+    this.awaiting.delete(invocationId);
+    waiting.wake();
+  }
+
+  /** Wakes every suspended invocation with `reason`: its calls' results will not arrive here. */
+  private stopAwaiting(reason: Error) {
+    for (const waiting of this.awaiting.values()) waiting.wake(reason);
+    this.awaiting.clear();
+  }
+
+  /** Whether this shard keeps a reply for a message (its memo), or has it still to run. */
+  heldCall(envelope: Envelope): "kept" | "inflight" | undefined {
+    if (this.failed !== undefined || this.closed) throw new ShardUnavailableError(`shard ${this.shard} is not open`);
+    const memoId = memoIdOf(envelope);
+    if (memoId !== undefined) {
+      const memo = this.state.memos.get(memoId);
+      if (memo !== undefined && !(memo.expiresAtMs > 0n && memo.expiresAtMs < BigInt(this.host.clock.now()))) return "kept";
+      const inflightId = this.inflight.get(memoId);
+      if (inflightId !== undefined && this.pendingEnvelope(inflightId) !== undefined) return "inflight";
+    }
+    return this.pendingEnvelope(envelope.id) !== undefined ? "inflight" : undefined;
+  }
+
+  /**
+   * An invocation could not get a call's reply: it commits nothing. Its
+   * waiters hear Unavailable and retry; a logged message runs again later.
+   */
+  private interrupt(envelope: Envelope, reason: unknown) {
+    // close() and fail() answer the waiters, and recovery re-runs logged messages.
+    if (this.failed !== undefined || this.closed) return;
+    const why = reason instanceof Error ? reason.message : String(reason);
+    this.host.logger.warn(`shard ${this.shard}: invocation ${envelope.id} was interrupted; nothing was committed`, { error: why });
+    const unavailable = new ShardUnavailableError(
+      `${envelope.target?.type ?? "?"}.${envelope.handler}: nothing was committed, a call got no reply: ${why}`,
+    );
+    const waiters = this.waiters.get(envelope.id) ?? [];
+    this.waiters.delete(envelope.id);
+    this.madeUp.delete(envelope.id);
+    if (this.volatile.delete(envelope.id)) {
+      // The sender holds the request: its retry runs it again.
+      const memoId = memoIdOf(envelope);
+      if (memoId !== undefined && this.inflight.get(memoId) === envelope.id) this.inflight.delete(memoId);
+    } else if (this.state.pending.has(envelope.id)) {
+      const n = (this.interruptions.get(envelope.id) ?? 0) + 1;
+      this.interruptions.set(envelope.id, n);
+      const { initialDelayMs, maxDelayMs } = this.host.retry;
+      const timer = setTimeout(
+        () => {
+          this.timers.delete(envelope.id);
+          if (this.state.pending.has(envelope.id) && this.failed === undefined && !this.closed) this.dispatch(envelope);
+        },
+        Math.min(maxDelayMs, initialDelayMs * 2 ** (n - 1)),
+      );
+      timer.unref?.();
+      this.timers.set(envelope.id, () => clearTimeout(timer));
+    }
+    for (const w of waiters) this.host.reply(w, unavailable);
+  }
+
   /** Appends the commit of a finished invocation; releases its effects once durable. */
   private commitOutcome(envelope: Envelope, reply: Reply, effects: PendingEffects, output?: Message) {
     const now = this.host.clock.now();
@@ -879,33 +738,6 @@ export class ShardProcessor {
     );
   }
 
-  /**
-   * A request whose sender awaits the reply is kept in memory only, until its
-   * commit: if the node dies, the sender retries. That stops holding once a
-   * call leaves: the callee may commit, and the re-run after a crash must
-   * then find the invocation still in progress, and run before anything
-   * queued behind it on its instance, or it would decide anew on a state that
-   * has moved on (a transfer refused for a balance a later one lowered, its
-   * deposit applied all the same). So the request is logged before its first
-   * call leaves, and `resumeProcessing` resumes it first.
-   */
-  private makeDurableBeforeCall(envelope: Envelope): Promise<void> {
-    if (!this.volatile.delete(envelope.id)) return Promise.resolve();
-    if (envelope.payload.length === 0) envelope.payload = this.requestBytes(envelope);
-    try {
-      return this.append([create(LogRecordSchema, { kind: { case: "input", value: { envelope } } })]);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-  }
-
-  /** The envelope with its request's bytes (an ingress request travels decoded). */
-  private withPayload(envelope: Envelope): Envelope {
-    return envelope.payload.length > 0 || !this.decodedRequests.has(envelope)
-      ? envelope
-      : { ...envelope, payload: this.requestBytes(envelope) };
-  }
-
   /** The request's bytes, for a dead letter (an ingress request travels decoded). */
   private requestBytes(envelope: Envelope): Uint8Array {
     const decoded = this.decodedRequests.get(envelope);
@@ -929,11 +761,6 @@ export class ShardProcessor {
     });
   }
 
-  /** The dead letters this shard keeps, oldest first. */
-  deadLetters(): DeadLetter[] {
-    return [...this.state.deadLetters.values()];
-  }
-
   /** The commit is durable: its reply, outbox and egress may leave the shard. */
   private released(envelope: Envelope, reply: Reply, commit: Commit, output: Message | undefined) {
     // Outbox first: a call's result is in the caller's journal (appended
@@ -948,6 +775,147 @@ export class ShardProcessor {
       if (write.address !== undefined && write.expiresAtMs > 0n)
         this.expiry.arm(write.address.type, write.address.key, Number(write.expiresAtMs));
     }
+  }
+
+  /**
+   * Appends records and applies them. A record that cannot be encoded throws
+   * `RecordEncodingError` at once and fails only the message it came from;
+   * any other failure is the storage's and fails the shard.
+   */
+  private append(records: LogRecord[]): Promise<void> {
+    let result: ReturnType<ShardLog["append"]>;
+    try {
+      result = this.log.append(records);
+    } catch (err) {
+      if (err instanceof RecordEncodingError) throw err;
+      this.fail(err);
+      return Promise.reject(err);
+    }
+    let commits = 0;
+    for (const record of records) {
+      this.state.apply(record, result.lastSequence);
+      if (record.kind.case === "commit") commits++;
+    }
+    if (commits > 0) this.host.metrics.committed(commits);
+    this.recordsSinceSnapshot += records.length;
+    this.unsnapshotted ??= { atMs: this.host.clock.now(), logBytes: this.host.logBytesWritten() };
+    this.lastDurable = result.durable;
+    this.snapshotIfDue();
+    result.durable.catch((err) => this.fail(err));
+    return result.durable;
+  }
+
+  /**
+   * Snapshots when `snapshotEvery` records, `snapshotLogBytes` of the node's
+   * log or `snapshotAfterMs` have passed since the oldest record no snapshot
+   * covers. The node also calls it periodically, for idle shards that pin old
+   * log segments.
+   */
+  snapshotIfDue(): void {
+    const since = this.unsnapshotted;
+    if (since === undefined || this.snapshotting || this.closed || this.failed !== undefined) return;
+    if (
+      this.recordsSinceSnapshot >= this.host.snapshotEvery ||
+      this.host.logBytesWritten() - since.logBytes >= this.host.snapshotLogBytes ||
+      this.host.clock.now() - since.atMs >= this.host.snapshotAfterMs
+    ) {
+      this.unsnapshotted = undefined;
+      this.snapshot(this.lastDurable);
+    }
+  }
+
+  private snapshot(durable: Promise<void>) {
+    this.snapshotting = true;
+    this.recordsSinceSnapshot = 0;
+    const now = this.host.clock.now();
+    this.state.pruneMemos(now);
+    // A journal whose invocation is neither pending nor in flight mostly
+    // belongs to a request lost in a crash: its sender retries under the same
+    // id, and the re-run must find the replies its callees committed. So it
+    // is kept as long as a reply memo would be (the retention counts from the
+    // first snapshot that found it orphaned, in this process).
+    for (const id of this.orphanedSince.keys()) if (!this.state.journals.has(id)) this.orphanedSince.delete(id);
+    this.state.pruneJournals((id) => {
+      if (this.pendingEnvelope(id) !== undefined) {
+        this.orphanedSince.delete(id);
+        return true;
+      }
+      const since = this.orphanedSince.get(id) ?? now;
+      this.orphanedSince.set(id, since);
+      return now - since <= this.host.memoRetentionMs;
+    });
+    const snapshot = this.state.toSnapshot();
+    durable
+      .then(() => this.log.writeSnapshot(snapshot))
+      .catch((err) => this.host.logger.warn(`shard ${this.shard}: snapshot failed`, { error: String(err) }))
+      .finally(() => {
+        this.snapshotting = false;
+      });
+  }
+
+  /** Rebuilds the shard's state from its snapshot and log. Call before `start`. */
+  async recover(): Promise<void> {
+    const recovered = await this.log.recover();
+    this.state = recovered.snapshot !== undefined ? ShardState.fromSnapshot(recovered.snapshot) : new ShardState(this.shard);
+    for (const { sequence, record } of recovered.records) this.state.apply(record, sequence);
+    this.recordsSinceSnapshot = recovered.records.length;
+    if (recovered.records.length > 0) this.unsnapshotted = { atMs: this.host.clock.now(), logBytes: this.host.logBytesWritten() };
+  }
+
+  /**
+   * Resumes work left by the recovered state, in two phases so that a node
+   * can redeliver every shard's outbox (call results included) before any
+   * shard re-runs its pending invocations.
+   */
+  start(): void {
+    this.resumeDeliveries();
+    this.resumeProcessing();
+  }
+
+  /** Delivers unacknowledged outbox entries and egress again. */
+  resumeDeliveries(): void {
+    for (const [sequence, envelope] of this.state.outbox) this.deliveries.deliverOutbox(sequence, envelope);
+    for (const message of this.state.egress.values()) this.deliveries.emitEgress(message);
+  }
+
+  /** Re-arms timers and processes pending messages in log order. */
+  resumeProcessing(): void {
+    for (const instance of this.state.instances.values())
+      if (instance.expiresAtMs > 0) this.expiry.arm(instance.type, instance.key, instance.expiresAtMs);
+    // An invocation that was awaiting a call when the node stopped runs again
+    // before anything queued behind it on its instance, so that it sees the
+    // state it saw before its call left (see `makeDurableBeforeCall`).
+    const pending = [...this.state.pending.values()];
+    const inProgress = (e: Envelope) => e.replyTo !== undefined && e.deliverAtMs === 0n;
+    for (const envelope of [...pending.filter(inProgress), ...pending.filter((e) => !inProgress(e))]) {
+      const memoId = memoIdOf(envelope);
+      if (memoId !== undefined) this.inflight.set(memoId, envelope.id);
+      this.schedule(envelope);
+    }
+  }
+
+  private fail(err: unknown) {
+    // A shard that is shutting down refuses appends by design: not a failure.
+    if (this.failed !== undefined || this.closed) return;
+    this.failed = err instanceof Error ? err : new Error(String(err));
+    // A newer owner fenced the log: the shard moved, and reopening it here
+    // would fence the new owner in turn. Stop; the new owner serves it.
+    const moved = err instanceof FencedError;
+    // Made up by the runtime, so not a reply: a commit may still have become
+    // durable, and the sender must retry to learn it.
+    const unavailable = new ShardUnavailableError(
+      moved
+        ? `shard ${this.shard} moved to another node, the reply is unknown (retry with the same Idempotency-Key): ${this.failed.message}`
+        : `shard ${this.shard}: storage failed, the reply is unknown (retry with the same Idempotency-Key): ${this.failed.message}`,
+    );
+    for (const list of this.waiters.values()) for (const w of list) this.host.reply(w, unavailable);
+    this.waiters.clear();
+    this.volatile.clear();
+    this.stopAwaiting(unavailable);
+    for (const cancel of this.timers.values()) cancel();
+    this.expiry.cancelAll();
+    if (err instanceof FencedError) this.host.shardMoved(this, err);
+    else this.host.storageFailed(this.shard, this.failed);
   }
 
   /** Resolves when no invocation is running (for tests and shutdown). */
@@ -972,6 +940,38 @@ export class ShardProcessor {
     this.waiters.clear();
     this.stopAwaiting(unavailable);
     await this.log.close();
+  }
+
+  /** The committed (possibly not yet durable) state of an instance. */
+  stateOf(type: string, key: string): Uint8Array | undefined {
+    return this.state.instances.get(instanceId(type, key))?.state;
+  }
+
+  /** Every instance of a type in this shard. */
+  instancesOf(type: string): Array<{ key: string; state: Uint8Array }> {
+    const out: Array<{ key: string; state: Uint8Array }> = [];
+    for (const i of this.state.instances.values()) if (i.type === type) out.push({ key: i.key, state: i.state });
+    return out;
+  }
+
+  /** Counts for `shoal status` and metrics. */
+  stats() {
+    return {
+      shard: this.shard,
+      instances: this.state.instances.size,
+      pending: this.state.pending.size + this.volatile.size,
+      outbox: this.state.outbox.size,
+      memos: this.state.memos.size,
+      journals: this.state.journals.size,
+      sequence: this.state.sequence,
+      epoch: this.log.epoch,
+      failed: this.failed?.message,
+    };
+  }
+
+  /** The dead letters this shard keeps, oldest first. */
+  deadLetters(): DeadLetter[] {
+    return [...this.state.deadLetters.values()];
   }
 }
 
