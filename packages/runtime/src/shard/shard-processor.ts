@@ -1,32 +1,22 @@
-import { create, fromBinary, type Message, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import type { Address, Logger } from "@shoal/sdk";
 import {
   type CallResult,
   CallResultInputSchema,
   CallResultSchema,
-  type CancellationSchema,
   type Commit,
-  CommitSchema,
-  callResultId,
-  cancelId,
   type DeadLetter,
-  type DeadLetterSchema,
   type EgressMessage,
-  type EgressMessageSchema,
   type Envelope,
   EnvelopeSchema,
   errorReply,
   instanceId,
   type LogRecord,
   LogRecordSchema,
-  type MemoSchema,
   memoIdOf,
-  type OutboxEntry,
-  parseToken,
   type Reply,
   requestHash,
-  type StateWriteSchema,
   sameBytes,
 } from "@shoal/sdk/internal";
 import type { CallCycles } from "../invoker/call-cycles.js";
@@ -36,6 +26,10 @@ import { lazyLogger } from "../observe/logger.js";
 import type { RuntimeMetrics } from "../observe/metrics.js";
 import { FencedError, RecordEncodingError, type ShardLog } from "../storage/storage.js";
 import type { Clock } from "./clock.js";
+import { buildCommit, envelopeHash, type PendingEffects, pendingEffects } from "./commit-builder.js";
+import { createDeliveries, type Deliveries } from "./deliveries.js";
+import { createExpiry, type Expiry } from "./expiry.js";
+import { createMailboxes, type Mailboxes } from "./mailboxes.js";
 import { createSlot, type Semaphore, type Slot } from "./semaphore.js";
 import { controlHandlers, ShardState } from "./shard-state.js";
 
@@ -123,25 +117,10 @@ export interface ReplyAddress {
   readonly request: string;
 }
 
-/** What an invocation commits besides its reply, before sequences are assigned. */
-interface PendingEffects {
-  /** Set when the message failed for good: its commit records it as dead-lettered. */
-  deadLetter?: boolean;
-  stateWrites?: MessageInitShape<typeof StateWriteSchema>[];
-  outbox?: Envelope[];
-  cancellations?: MessageInitShape<typeof CancellationSchema>[];
-  egress?: MessageInitShape<typeof EgressMessageSchema>[];
-  finishedInvocations?: string[];
-}
-
+/** What an instance's mailbox runs: a message, or the expiry of its state. */
 type MailboxItem =
   | { readonly kind: "message"; readonly envelope: Envelope }
   | { readonly kind: "expire"; readonly type: string; readonly key: string };
-
-interface Mailbox {
-  readonly items: MailboxItem[];
-  running: boolean;
-}
 
 /**
  * The shard cannot accept a message or cannot get a reply now; nothing was
@@ -149,17 +128,6 @@ interface Mailbox {
  */
 export class ShardUnavailableError extends Error {
   override name = "ShardUnavailableError";
-}
-
-const textEncoder = new TextEncoder();
-
-/** The identity of a request for idempotency: its handler and payload. */
-function envelopeHash(envelope: Envelope): Uint8Array {
-  const handler = textEncoder.encode(`${envelope.handler}\u0000`);
-  const bytes = new Uint8Array(handler.length + envelope.payload.length);
-  bytes.set(handler);
-  bytes.set(envelope.payload, handler.length);
-  return requestHash(bytes);
 }
 
 /**
@@ -170,7 +138,7 @@ function envelopeHash(envelope: Envelope): Uint8Array {
  */
 export class ShardProcessor {
   private state: ShardState;
-  private readonly mailboxes = new Map<string, Mailbox>();
+  private readonly mailboxes: Mailboxes<MailboxItem>;
   private readonly waiters = new Map<string, ReplyAddress[]>();
   /**
    * Requests whose sender awaits the reply (ingress requests, calls) are not
@@ -184,10 +152,8 @@ export class ShardProcessor {
   /** Memo id -> id of the pending message that will produce it. */
   private readonly inflight = new Map<string, string>();
   private readonly timers = new Map<string, () => void>();
-  private readonly expiryTimers = new Map<string, () => void>();
-  private pendingAcks: bigint[] = [];
-  private pendingEgressDelivered: string[] = [];
-  private ackFlush: NodeJS.Timeout | undefined;
+  private readonly expiry: Expiry;
+  private readonly deliveries: Deliveries;
   private recordsSinceSnapshot = 0;
   /**
    * When the oldest record no snapshot covers was written (clock ms and the
@@ -212,8 +178,6 @@ export class ShardProcessor {
   private snapshotting = false;
   private failed: Error | undefined;
   private closed = false;
-  private running = 0;
-  private idle: Array<() => void> = [];
 
   constructor(
     readonly shard: number,
@@ -222,74 +186,31 @@ export class ShardProcessor {
   ) {
     this.state = new ShardState(shard);
     this.invoker = host.invoker ?? createEmbeddedInvoker(host);
-  }
-
-  /** Rebuilds the shard's state from its snapshot and log. Call before `start`. */
-  async recover(): Promise<void> {
-    const recovered = await this.log.recover();
-    this.state = recovered.snapshot !== undefined ? ShardState.fromSnapshot(recovered.snapshot) : new ShardState(this.shard);
-    for (const { sequence, record } of recovered.records) this.state.apply(record, sequence);
-    this.recordsSinceSnapshot = recovered.records.length;
-    if (recovered.records.length > 0) this.unsnapshotted = { atMs: this.host.clock.now(), logBytes: this.host.logBytesWritten() };
-  }
-
-  /**
-   * Resumes work left by the recovered state, in two phases so that a node
-   * can redeliver every shard's outbox (call results included) before any
-   * shard re-runs its pending invocations.
-   */
-  start(): void {
-    this.resumeDeliveries();
-    this.resumeProcessing();
-  }
-
-  /** Delivers unacknowledged outbox entries and egress again. */
-  resumeDeliveries(): void {
-    for (const [sequence, envelope] of this.state.outbox) this.deliverOutbox(sequence, envelope);
-    for (const message of this.state.egress.values()) this.emitEgress(message);
-  }
-
-  /** Re-arms timers and processes pending messages in log order. */
-  resumeProcessing(): void {
-    for (const instance of this.state.instances.values())
-      if (instance.expiresAtMs > 0) this.armExpiry(instance.type, instance.key, instance.expiresAtMs);
-    // An invocation that was awaiting a call when the node stopped runs again
-    // before anything queued behind it on its instance, so that it sees the
-    // state it saw before its call left (see `makeDurableBeforeCall`).
-    const pending = [...this.state.pending.values()];
-    const inProgress = (e: Envelope) => e.replyTo !== undefined && e.deliverAtMs === 0n;
-    for (const envelope of [...pending.filter(inProgress), ...pending.filter((e) => !inProgress(e))]) {
-      const memoId = memoIdOf(envelope);
-      if (memoId !== undefined) this.inflight.set(memoId, envelope.id);
-      this.schedule(envelope);
-    }
-  }
-
-  /** The committed (possibly not yet durable) state of an instance. */
-  stateOf(type: string, key: string): Uint8Array | undefined {
-    return this.state.instances.get(instanceId(type, key))?.state;
-  }
-
-  /** Every instance of a type in this shard. */
-  instancesOf(type: string): Array<{ key: string; state: Uint8Array }> {
-    const out: Array<{ key: string; state: Uint8Array }> = [];
-    for (const i of this.state.instances.values()) if (i.type === type) out.push({ key: i.key, state: i.state });
-    return out;
-  }
-
-  /** Counts for `shoal status` and metrics. */
-  stats() {
-    return {
-      shard: this.shard,
-      instances: this.state.instances.size,
-      pending: this.state.pending.size + this.volatile.size,
-      outbox: this.state.outbox.size,
-      memos: this.state.memos.size,
-      journals: this.state.journals.size,
-      sequence: this.state.sequence,
-      epoch: this.log.epoch,
-      failed: this.failed?.message,
-    };
+    const stopped = () => this.failed !== undefined || this.closed;
+    const append = (records: LogRecord[]) => this.append(records);
+    this.mailboxes = createMailboxes<MailboxItem>({
+      run: (item) => {
+        if (item.kind === "message") return this.invoke(item.envelope);
+        this.expiry.expire(item.type, item.key);
+        return undefined;
+      },
+      stopped,
+    });
+    this.expiry = createExpiry({
+      clock: host.clock,
+      instance: (id) => this.state.instances.get(id),
+      due: (id, type, key) => this.mailboxes.enqueue(id, { kind: "expire", type, key }),
+      append,
+    });
+    this.deliveries = createDeliveries({
+      shard,
+      logger: host.logger,
+      deliver: (envelope) => host.deliver(envelope),
+      emitEgress: (message) => host.emitEgress(message),
+      append,
+      closed: () => this.closed,
+      stopped,
+    });
   }
 
   /**
@@ -353,50 +274,6 @@ export class ShardProcessor {
     return durable;
   }
 
-  /** Records a call's reply in the caller's journal (delivered from the callee's outbox). */
-  submitCallResult(envelope: Envelope): Promise<void> {
-    if (this.failed !== undefined) throw new ShardUnavailableError(`shard ${this.shard} is unavailable: ${this.failed.message}`);
-    if (this.state.isDuplicate(envelope)) return Promise.resolve();
-    const input = fromResultEnvelope(envelope);
-    const durable = this.append([create(LogRecordSchema, { kind: { case: "callResult", value: { ...input, source: envelope.source } } })]);
-    this.wakeIfAnswered(input.invocationId);
-    return durable;
-  }
-
-  /** Runs a suspended invocation again once every call it awaits has its result in the journal. */
-  private wakeIfAnswered(invocationId: string) {
-    const waiting = this.awaiting.get(invocationId);
-    if (waiting === undefined) return;
-    const journal = this.state.journals.get(invocationId) ?? [];
-    if (!waiting.callIds.every((id) => journal.some((r) => r.callId === id))) return;
-    this.awaiting.delete(invocationId);
-    waiting.wake();
-  }
-
-  /** Wakes every suspended invocation with `reason`: its calls' results will not arrive here. */
-  private stopAwaiting(reason: Error) {
-    for (const waiting of this.awaiting.values()) waiting.wake(reason);
-    this.awaiting.clear();
-  }
-
-  /** An accepted message not consumed yet, logged or not. */
-  private pendingEnvelope(id: string): Envelope | undefined {
-    return this.state.pending.get(id) ?? this.volatile.get(id);
-  }
-
-  /** Whether this shard keeps a reply for a message (its memo), or has it still to run. */
-  heldCall(envelope: Envelope): "kept" | "inflight" | undefined {
-    if (this.failed !== undefined || this.closed) throw new ShardUnavailableError(`shard ${this.shard} is not open`);
-    const memoId = memoIdOf(envelope);
-    if (memoId !== undefined) {
-      const memo = this.state.memos.get(memoId);
-      if (memo !== undefined && !(memo.expiresAtMs > 0n && memo.expiresAtMs < BigInt(this.host.clock.now()))) return "kept";
-      const inflightId = this.inflight.get(memoId);
-      if (inflightId !== undefined && this.pendingEnvelope(inflightId) !== undefined) return "inflight";
-    }
-    return this.pendingEnvelope(envelope.id) !== undefined ? "inflight" : undefined;
-  }
-
   private mismatch(envelope: Envelope): Reply {
     if (envelope.callId !== "") {
       return errorReply(
@@ -416,104 +293,9 @@ export class ShardProcessor {
     else list.push(waiter);
   }
 
-  /**
-   * Appends records and applies them. A record that cannot be encoded throws
-   * `RecordEncodingError` at once and fails only the message it came from;
-   * any other failure is the storage's and fails the shard.
-   */
-  private append(records: LogRecord[]): Promise<void> {
-    let result: ReturnType<ShardLog["append"]>;
-    try {
-      result = this.log.append(records);
-    } catch (err) {
-      if (err instanceof RecordEncodingError) throw err;
-      this.fail(err);
-      return Promise.reject(err);
-    }
-    let commits = 0;
-    for (const record of records) {
-      this.state.apply(record, result.lastSequence);
-      if (record.kind.case === "commit") commits++;
-    }
-    if (commits > 0) this.host.metrics.committed(commits);
-    this.recordsSinceSnapshot += records.length;
-    this.unsnapshotted ??= { atMs: this.host.clock.now(), logBytes: this.host.logBytesWritten() };
-    this.lastDurable = result.durable;
-    this.snapshotIfDue();
-    result.durable.catch((err) => this.fail(err));
-    return result.durable;
-  }
-
-  /**
-   * Snapshots when `snapshotEvery` records, `snapshotLogBytes` of the node's
-   * log or `snapshotAfterMs` have passed since the oldest record no snapshot
-   * covers. The node also calls it periodically, for idle shards that pin old
-   * log segments.
-   */
-  snapshotIfDue(): void {
-    const since = this.unsnapshotted;
-    if (since === undefined || this.snapshotting || this.closed || this.failed !== undefined) return;
-    if (
-      this.recordsSinceSnapshot >= this.host.snapshotEvery ||
-      this.host.logBytesWritten() - since.logBytes >= this.host.snapshotLogBytes ||
-      this.host.clock.now() - since.atMs >= this.host.snapshotAfterMs
-    ) {
-      this.unsnapshotted = undefined;
-      this.snapshot(this.lastDurable);
-    }
-  }
-
-  private snapshot(durable: Promise<void>) {
-    this.snapshotting = true;
-    this.recordsSinceSnapshot = 0;
-    const now = this.host.clock.now();
-    this.state.pruneMemos(now);
-    // A journal whose invocation is neither pending nor in flight mostly
-    // belongs to a request lost in a crash: its sender retries under the same
-    // id, and the re-run must find the replies its callees committed. So it
-    // is kept as long as a reply memo would be (the retention counts from the
-    // first snapshot that found it orphaned, in this process).
-    for (const id of this.orphanedSince.keys()) if (!this.state.journals.has(id)) this.orphanedSince.delete(id);
-    this.state.pruneJournals((id) => {
-      if (this.pendingEnvelope(id) !== undefined) {
-        this.orphanedSince.delete(id);
-        return true;
-      }
-      const since = this.orphanedSince.get(id) ?? now;
-      this.orphanedSince.set(id, since);
-      return now - since <= this.host.memoRetentionMs;
-    });
-    const snapshot = this.state.toSnapshot();
-    durable
-      .then(() => this.log.writeSnapshot(snapshot))
-      .catch((err) => this.host.logger.warn(`shard ${this.shard}: snapshot failed`, { error: String(err) }))
-      .finally(() => {
-        this.snapshotting = false;
-      });
-  }
-
-  private fail(err: unknown) {
-    // A shard that is shutting down refuses appends by design: not a failure.
-    if (this.failed !== undefined || this.closed) return;
-    this.failed = err instanceof Error ? err : new Error(String(err));
-    // A newer owner fenced the log: the shard moved, and reopening it here
-    // would fence the new owner in turn. Stop; the new owner serves it.
-    const moved = err instanceof FencedError;
-    // Made up by the runtime, so not a reply: a commit may still have become
-    // durable, and the sender must retry to learn it.
-    const unavailable = new ShardUnavailableError(
-      moved
-        ? `shard ${this.shard} moved to another node, the reply is unknown (retry with the same Idempotency-Key): ${this.failed.message}`
-        : `shard ${this.shard}: storage failed, the reply is unknown (retry with the same Idempotency-Key): ${this.failed.message}`,
-    );
-    for (const list of this.waiters.values()) for (const w of list) this.host.reply(w, unavailable);
-    this.waiters.clear();
-    this.volatile.clear();
-    this.stopAwaiting(unavailable);
-    for (const cancel of this.timers.values()) cancel();
-    for (const cancel of this.expiryTimers.values()) cancel();
-    if (err instanceof FencedError) this.host.shardMoved(this, err);
-    else this.host.storageFailed(this.shard, this.failed);
+  /** An accepted message not consumed yet, logged or not. */
+  private pendingEnvelope(id: string): Envelope | undefined {
+    return this.state.pending.get(id) ?? this.volatile.get(id);
   }
 
   private schedule(envelope: Envelope) {
@@ -538,35 +320,11 @@ export class ShardProcessor {
       void this.invoke(envelope);
       return;
     }
-    this.enqueue(instanceId(target.type, target.key), { kind: "message", envelope });
-  }
-
-  private enqueue(id: string, item: MailboxItem) {
-    let mailbox = this.mailboxes.get(id);
-    if (mailbox === undefined) {
-      mailbox = { items: [], running: false };
-      this.mailboxes.set(id, mailbox);
-    }
-    mailbox.items.push(item);
-    if (!mailbox.running) void this.pump(id, mailbox);
-  }
-
-  private async pump(id: string, mailbox: Mailbox) {
-    mailbox.running = true;
-    try {
-      for (let item = mailbox.items.shift(); item !== undefined; item = mailbox.items.shift()) {
-        if (this.failed !== undefined || this.closed) return;
-        if (item.kind === "message") await this.invoke(item.envelope);
-        else this.expire(item.type, item.key);
-      }
-    } finally {
-      mailbox.running = false;
-      if (mailbox.items.length === 0) this.mailboxes.delete(id);
-    }
+    this.mailboxes.enqueue(instanceId(target.type, target.key), { kind: "message", envelope });
   }
 
   private async invoke(envelope: Envelope): Promise<void> {
-    this.running++;
+    this.mailboxes.started();
     const slot = createSlot(this.host.slots);
     try {
       await slot.acquire();
@@ -602,45 +360,96 @@ export class ShardProcessor {
       });
     } finally {
       slot.release();
-      this.running--;
-      if (this.running === 0) for (const resolve of this.idle.splice(0)) resolve();
+      this.mailboxes.finished();
     }
   }
 
-  /**
-   * An invocation could not get a call's reply: it commits nothing. Its
-   * waiters hear Unavailable and retry; a logged message runs again later.
-   */
-  private interrupt(envelope: Envelope, reason: unknown) {
-    // close() and fail() answer the waiters, and recovery re-runs logged messages.
-    if (this.failed !== undefined || this.closed) return;
-    const why = reason instanceof Error ? reason.message : String(reason);
-    this.host.logger.warn(`shard ${this.shard}: invocation ${envelope.id} was interrupted; nothing was committed`, { error: why });
-    const unavailable = new ShardUnavailableError(
-      `${envelope.target?.type ?? "?"}.${envelope.handler}: nothing was committed, a call got no reply: ${why}`,
-    );
-    const waiters = this.waiters.get(envelope.id) ?? [];
-    this.waiters.delete(envelope.id);
-    this.madeUp.delete(envelope.id);
-    if (this.volatile.delete(envelope.id)) {
-      // The sender holds the request: its retry runs it again.
-      const memoId = memoIdOf(envelope);
-      if (memoId !== undefined && this.inflight.get(memoId) === envelope.id) this.inflight.delete(memoId);
-    } else if (this.state.pending.has(envelope.id)) {
-      const n = (this.interruptions.get(envelope.id) ?? 0) + 1;
-      this.interruptions.set(envelope.id, n);
-      const { initialDelayMs, maxDelayMs } = this.host.retry;
-      const timer = setTimeout(
-        () => {
-          this.timers.delete(envelope.id);
-          if (this.state.pending.has(envelope.id) && this.failed === undefined && !this.closed) this.dispatch(envelope);
-        },
-        Math.min(maxDelayMs, initialDelayMs * 2 ** (n - 1)),
-      );
-      timer.unref?.();
-      this.timers.set(envelope.id, () => clearTimeout(timer));
+  /** Runs the handler, retrying transient failures, and builds the commit (or nothing, when interrupted). */
+  private async execute(
+    envelope: Envelope,
+    slot: Slot,
+  ): Promise<{ reply: Reply; commit: PendingEffects; output?: Message } | { interrupted: unknown }> {
+    const target = envelope.target;
+    const registered = target !== undefined ? this.host.lookup(target.type) : undefined;
+    const info = registered?.fn.handlers.get(envelope.handler);
+    if (target === undefined || registered === undefined || info === undefined) {
+      return {
+        reply: errorReply(Code.Unimplemented, `unknown function or handler ${target?.type ?? "?"}.${envelope.handler}`),
+        commit: {},
+      };
     }
-    for (const w of waiters) this.host.reply(w, unavailable);
+    const { fn } = registered;
+    const self = { type: target.type, key: target.key };
+    const log = lazyLogger(() =>
+      this.host.invocationLogger({ function: fn.typeName, key: target.key, handler: info.name, invocation: envelope.id }),
+    );
+    const locked = fn.state !== undefined && !info.shared;
+    const { maxAttempts, initialDelayMs, maxDelayMs } = this.host.retry;
+    let outcome: Extract<MessageOutcome, { status: "done" }>;
+    for (let attempt = 1; ; attempt++) {
+      const step = await this.invokeOnce(envelope, self, fn.state !== undefined, log);
+      let failure: unknown;
+      if (step.status === "done") {
+        outcome = step;
+        break;
+      }
+      if (step.status === "failed" && !step.retryable) {
+        log.error("the invocation cannot be completed", { error: step.message });
+        return { reply: errorReply(Code.Internal, step.message), commit: { finishedInvocations: [envelope.id], deadLetter: true } };
+      }
+      if (step.status === "suspended") {
+        // Results in: run it again at once, a suspension is no failed attempt.
+        failure = await this.awaitCalls(envelope, step.calls, locked, slot);
+        if (failure === undefined) {
+          attempt--;
+          continue;
+        }
+        if (this.failed !== undefined || this.closed) return { interrupted: failure };
+        // A call that got no reply is asked again a few times here, then left to the sender to retry.
+        if (attempt >= maxAttempts) return { interrupted: failure };
+      } else {
+        failure = new Error(step.message);
+        if (attempt >= maxAttempts) {
+          log.error(`handler failed after ${attempt} attempts`, { error: step.message });
+          return {
+            reply: errorReply(Code.Internal, `${fn.typeName}.${info.name} failed after ${attempt} attempts: ${step.message}`),
+            commit: { finishedInvocations: [envelope.id], deadLetter: true },
+          };
+        }
+      }
+      this.host.metrics.invocationRetried(fn.typeName, info.name);
+      const delay = Math.min(maxDelayMs, initialDelayMs * 2 ** (attempt - 1));
+      const failed = step.status === "suspended" ? "a call got no reply" : "handler failed";
+      log.warn(`${failed}, retrying in ${delay} ms (attempt ${attempt} of ${maxAttempts})`, { error: errorMessage(failure) });
+      slot.release();
+      await new Promise<void>((resolve) => setTimeout(resolve, delay));
+      await slot.acquire();
+      if (this.failed !== undefined || this.closed) return { interrupted: new ShardUnavailableError(`shard ${this.shard} stopped`) };
+    }
+    const effects = outcome.effects;
+    const unknownEgress = effects.egress.find((e) => !this.host.hasEgress(e.egress));
+    if (unknownEgress !== undefined) {
+      // Committing it would keep an undeliverable message forever: fail the invocation instead.
+      log.error(`no egress named "${unknownEgress.egress}" is configured`);
+      return {
+        reply: errorReply(
+          Code.FailedPrecondition,
+          `${fn.typeName}.${info.name}: no egress named "${unknownEgress.egress}" is configured (shoal.yaml egress)`,
+        ),
+        commit: this.state.journals.has(envelope.id) ? { finishedInvocations: [envelope.id] } : {},
+      };
+    }
+    const commit = pendingEffects(effects, {
+      envelope,
+      self,
+      shard: this.shard,
+      nowMs: this.host.clock.now(),
+      stateTtlMs: fn.stateTtlMs,
+      journaled: this.state.journals.has(envelope.id),
+      shardOf: (type, key) => this.host.shardOf(type, key),
+      warn: (message) => log.warn(message),
+    });
+    return { reply: outcome.reply, commit, output: outcome.output };
   }
 
   /**
@@ -704,6 +513,13 @@ export class ShardProcessor {
     const index = (r: CallResult) => Number(r.callId.slice(r.callId.lastIndexOf("/") + 1));
     if (journal.length > 1) journal.sort((a, b) => index(a) - index(b));
     return journal;
+  }
+
+  /** The envelope with its request's bytes (an ingress request travels decoded). */
+  private withPayload(envelope: Envelope): Envelope {
+    return envelope.payload.length > 0 || !this.decodedRequests.has(envelope)
+      ? envelope
+      : { ...envelope, payload: this.requestBytes(envelope) };
   }
 
   /**
@@ -783,244 +599,6 @@ export class ShardProcessor {
     }
   }
 
-  /** Runs the handler, retrying transient failures, and builds the commit (or nothing, when interrupted). */
-  private async execute(
-    envelope: Envelope,
-    slot: Slot,
-  ): Promise<{ reply: Reply; commit: PendingEffects; output?: Message } | { interrupted: unknown }> {
-    const target = envelope.target;
-    const registered = target !== undefined ? this.host.lookup(target.type) : undefined;
-    const info = registered?.fn.handlers.get(envelope.handler);
-    if (target === undefined || registered === undefined || info === undefined) {
-      return {
-        reply: errorReply(Code.Unimplemented, `unknown function or handler ${target?.type ?? "?"}.${envelope.handler}`),
-        commit: {},
-      };
-    }
-    const { fn } = registered;
-    const self = { type: target.type, key: target.key };
-    const log = lazyLogger(() =>
-      this.host.invocationLogger({ function: fn.typeName, key: target.key, handler: info.name, invocation: envelope.id }),
-    );
-    const locked = fn.state !== undefined && !info.shared;
-    const { maxAttempts, initialDelayMs, maxDelayMs } = this.host.retry;
-    let outcome: Extract<MessageOutcome, { status: "done" }>;
-    for (let attempt = 1; ; attempt++) {
-      const step = await this.invokeOnce(envelope, self, fn.state !== undefined, log);
-      let failure: unknown;
-      if (step.status === "done") {
-        outcome = step;
-        break;
-      }
-      if (step.status === "failed" && !step.retryable) {
-        log.error("the invocation cannot be completed", { error: step.message });
-        return { reply: errorReply(Code.Internal, step.message), commit: { finishedInvocations: [envelope.id], deadLetter: true } };
-      }
-      if (step.status === "suspended") {
-        // Results in: run it again at once, a suspension is no failed attempt.
-        failure = await this.awaitCalls(envelope, step.calls, locked, slot);
-        if (failure === undefined) {
-          attempt--;
-          continue;
-        }
-        if (this.failed !== undefined || this.closed) return { interrupted: failure };
-        // A call that got no reply is asked again a few times here, then left to the sender to retry.
-        if (attempt >= maxAttempts) return { interrupted: failure };
-      } else {
-        failure = new Error(step.message);
-        if (attempt >= maxAttempts) {
-          log.error(`handler failed after ${attempt} attempts`, { error: step.message });
-          return {
-            reply: errorReply(Code.Internal, `${fn.typeName}.${info.name} failed after ${attempt} attempts: ${step.message}`),
-            commit: { finishedInvocations: [envelope.id], deadLetter: true },
-          };
-        }
-      }
-      this.host.metrics.invocationRetried(fn.typeName, info.name);
-      const delay = Math.min(maxDelayMs, initialDelayMs * 2 ** (attempt - 1));
-      const failed = step.status === "suspended" ? "a call got no reply" : "handler failed";
-      log.warn(`${failed}, retrying in ${delay} ms (attempt ${attempt} of ${maxAttempts})`, { error: errorMessage(failure) });
-      slot.release();
-      await new Promise<void>((resolve) => setTimeout(resolve, delay));
-      await slot.acquire();
-      if (this.failed !== undefined || this.closed) return { interrupted: new ShardUnavailableError(`shard ${this.shard} stopped`) };
-    }
-    const commit: PendingEffects = {};
-    const effects = outcome.effects;
-    const unknownEgress = effects.egress.find((e) => !this.host.hasEgress(e.egress));
-    if (unknownEgress !== undefined) {
-      // Committing it would keep an undeliverable message forever: fail the invocation instead.
-      log.error(`no egress named "${unknownEgress.egress}" is configured`);
-      return {
-        reply: errorReply(
-          Code.FailedPrecondition,
-          `${fn.typeName}.${info.name}: no egress named "${unknownEgress.egress}" is configured (shoal.yaml egress)`,
-        ),
-        commit: this.state.journals.has(envelope.id) ? { finishedInvocations: [envelope.id] } : {},
-      };
-    }
-    const now = this.host.clock.now();
-    if (effects.state.kind !== "keep") {
-      const ttl = fn.stateTtlMs;
-      commit.stateWrites = [
-        effects.state.kind === "clear"
-          ? { address: self, clear: true }
-          : { address: self, state: effects.state.bytes, expiresAtMs: ttl !== undefined ? BigInt(now + ttl) : 0n },
-      ];
-    }
-    const outbox: Envelope[] = [];
-    for (const send of effects.sends) {
-      outbox.push(
-        create(EnvelopeSchema, {
-          id: send.id,
-          target: send.target,
-          handler: send.handler,
-          payload: send.payload,
-          caller: self,
-          deliverAtMs: send.delayMs > 0 ? BigInt(now + send.delayMs) : 0n,
-          traceparent: envelope.traceparent,
-          acceptedAtMs: BigInt(now),
-        }),
-      );
-    }
-    const cancellations: MessageInitShape<typeof CancellationSchema>[] = [];
-    for (const token of effects.cancels) {
-      const parts = parseToken(token);
-      if (parts === undefined) {
-        log.warn(`ctx.cancel: ignoring a token that is not a cancellation token: ${token}`);
-        continue;
-      }
-      const shard = this.host.shardOf(parts.target.type, parts.target.key);
-      if (shard === this.shard) {
-        cancellations.push({ shard, envelopeId: parts.messageId });
-      } else {
-        outbox.push(
-          create(EnvelopeSchema, {
-            id: cancelId(envelope.id, cancellations.length, parts.messageId),
-            target: parts.target,
-            handler: controlHandlers.cancel,
-            payload: textEncoder.encode(parts.messageId),
-          }),
-        );
-      }
-    }
-    // A send to a message cancelled in the same invocation never leaves.
-    commit.cancellations = cancellations;
-    commit.outbox = outbox;
-    commit.egress = effects.egress.map((e) => ({ egress: e.egress, typeName: e.typeName, payload: e.payload, id: e.id }));
-    if (this.state.journals.has(envelope.id)) commit.finishedInvocations = [envelope.id];
-    return { reply: outcome.reply, commit, output: outcome.output };
-  }
-
-  /** Appends the commit of a finished invocation; releases its effects once durable. */
-  private commitOutcome(envelope: Envelope, reply: Reply, effects: PendingEffects, output?: Message) {
-    const now = this.host.clock.now();
-    const outboxEnvelopes = effects.outbox ?? [];
-    const outbox: OutboxEntry[] = [];
-    const stamp = (e: Envelope): OutboxEntry => {
-      const sequence = this.state.nextOutboxSequence + BigInt(outbox.length);
-      e.source = { $typeName: "shoal.v1.OutboxSource", shard: this.shard, sequence };
-      return { $typeName: "shoal.v1.OutboxEntry", sequence, envelope: e };
-    };
-    for (const e of outboxEnvelopes) outbox.push(stamp(e));
-    const replyTo = envelope.replyTo?.kind;
-    if (replyTo?.case === "call" && replyTo.value.caller !== undefined) {
-      const target = envelope.target;
-      const result = create(CallResultInputSchema, {
-        invocationId: replyTo.value.invocationId,
-        result: {
-          callId: envelope.callId,
-          target: target !== undefined ? { type: target.type, key: target.key } : undefined,
-          handler: envelope.handler,
-          requestHash: requestHash(envelope.payload),
-          reply,
-        },
-      });
-      outbox.push(
-        stamp(
-          create(EnvelopeSchema, {
-            id: callResultId(envelope.id),
-            target: replyTo.value.caller,
-            shard: replyTo.value.shard,
-            handler: controlHandlers.callResult,
-            payload: toBinary(CallResultInputSchema, result),
-          }),
-        ),
-      );
-    }
-    const memoId = memoIdOf(envelope);
-    const memos: MessageInitShape<typeof MemoSchema>[] =
-      memoId !== undefined
-        ? [
-            {
-              id: memoId,
-              requestHash: envelopeHash(envelope),
-              reply,
-              expiresAtMs: BigInt(now + this.host.memoRetentionMs),
-              target: envelope.target,
-              handler: envelope.handler,
-            },
-          ]
-        : [];
-    const acked = this.pendingAcks;
-    const egressDelivered = this.pendingEgressDelivered;
-    this.pendingAcks = [];
-    this.pendingEgressDelivered = [];
-    const deadLetters: MessageInitShape<typeof DeadLetterSchema>[] = effects.deadLetter
-      ? [
-          {
-            envelopeId: envelope.id,
-            target: envelope.target,
-            handler: envelope.handler,
-            payload: this.requestBytes(envelope),
-            caller: envelope.caller,
-            error: reply.result.case === "error" ? reply.result.value : undefined,
-            deadAtMs: BigInt(now),
-          },
-        ]
-      : [];
-    const commit = create(CommitSchema, {
-      stateWrites: effects.stateWrites,
-      cancellations: effects.cancellations,
-      egress: effects.egress,
-      finishedInvocations: effects.finishedInvocations,
-      consumed: [envelope.id],
-      outbox,
-      memos,
-      acked,
-      egressDelivered,
-      invocationId: envelope.id,
-      deadLetters,
-    });
-    if (memoId !== undefined) this.inflight.delete(memoId);
-    this.volatile.delete(envelope.id);
-    this.interruptions.delete(envelope.id);
-    this.madeUp.delete(envelope.id);
-    let durable: Promise<void>;
-    try {
-      durable = this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit }, writtenAtMs: BigInt(now) })]);
-    } catch (err) {
-      if (!(err instanceof RecordEncodingError)) return;
-      // Nothing was appended: the deliveries ride on the next commit after all.
-      this.pendingAcks.unshift(...acked);
-      this.pendingEgressDelivered.unshift(...egressDelivered);
-      const problem = `${describe(envelope)}: its effects cannot be committed: ${err.message}`;
-      if (effects.deadLetter) {
-        this.host.logger.error(`shard ${this.shard}: ${problem}; the message stays pending`);
-        return;
-      }
-      // A re-run would produce the same effects: commit the failure instead.
-      const failed = errorReply(Code.Internal, problem);
-      this.commitOutcome(envelope, failed, { finishedInvocations: effects.finishedInvocations, deadLetter: true });
-      return;
-    }
-    for (const letter of commit.deadLetters) this.deadLettered(letter);
-    durable.then(
-      () => this.released(envelope, reply, commit, output),
-      () => {},
-    );
-  }
-
   /**
    * A request whose sender awaits the reply is kept in memory only, until its
    * commit: if the node dies, the sender retries. That stops holding once a
@@ -1041,11 +619,123 @@ export class ShardProcessor {
     }
   }
 
-  /** The envelope with its request's bytes (an ingress request travels decoded). */
-  private withPayload(envelope: Envelope): Envelope {
-    return envelope.payload.length > 0 || !this.decodedRequests.has(envelope)
-      ? envelope
-      : { ...envelope, payload: this.requestBytes(envelope) };
+  /** Records a call's reply in the caller's journal (delivered from the callee's outbox). */
+  submitCallResult(envelope: Envelope): Promise<void> {
+    if (this.failed !== undefined) throw new ShardUnavailableError(`shard ${this.shard} is unavailable: ${this.failed.message}`);
+    if (this.state.isDuplicate(envelope)) return Promise.resolve();
+    const input = fromResultEnvelope(envelope);
+    const durable = this.append([create(LogRecordSchema, { kind: { case: "callResult", value: { ...input, source: envelope.source } } })]);
+    this.wakeIfAnswered(input.invocationId);
+    return durable;
+  }
+
+  /** Runs a suspended invocation again once every call it awaits has its result in the journal. */
+  private wakeIfAnswered(invocationId: string) {
+    const waiting = this.awaiting.get(invocationId);
+    if (waiting === undefined) return;
+    const journal = this.state.journals.get(invocationId) ?? [];
+    if (!waiting.callIds.every((id) => journal.some((r) => r.callId === id))) return;
+    this.awaiting.delete(invocationId);
+    waiting.wake();
+  }
+
+  /** Wakes every suspended invocation with `reason`: its calls' results will not arrive here. */
+  private stopAwaiting(reason: Error) {
+    for (const waiting of this.awaiting.values()) waiting.wake(reason);
+    this.awaiting.clear();
+  }
+
+  /** Whether this shard keeps a reply for a message (its memo), or has it still to run. */
+  heldCall(envelope: Envelope): "kept" | "inflight" | undefined {
+    if (this.failed !== undefined || this.closed) throw new ShardUnavailableError(`shard ${this.shard} is not open`);
+    const memoId = memoIdOf(envelope);
+    if (memoId !== undefined) {
+      const memo = this.state.memos.get(memoId);
+      if (memo !== undefined && !(memo.expiresAtMs > 0n && memo.expiresAtMs < BigInt(this.host.clock.now()))) return "kept";
+      const inflightId = this.inflight.get(memoId);
+      if (inflightId !== undefined && this.pendingEnvelope(inflightId) !== undefined) return "inflight";
+    }
+    return this.pendingEnvelope(envelope.id) !== undefined ? "inflight" : undefined;
+  }
+
+  /**
+   * An invocation could not get a call's reply: it commits nothing. Its
+   * waiters hear Unavailable and retry; a logged message runs again later.
+   */
+  private interrupt(envelope: Envelope, reason: unknown) {
+    // close() and fail() answer the waiters, and recovery re-runs logged messages.
+    if (this.failed !== undefined || this.closed) return;
+    const why = reason instanceof Error ? reason.message : String(reason);
+    this.host.logger.warn(`shard ${this.shard}: invocation ${envelope.id} was interrupted; nothing was committed`, { error: why });
+    const unavailable = new ShardUnavailableError(
+      `${envelope.target?.type ?? "?"}.${envelope.handler}: nothing was committed, a call got no reply: ${why}`,
+    );
+    const waiters = this.waiters.get(envelope.id) ?? [];
+    this.waiters.delete(envelope.id);
+    this.madeUp.delete(envelope.id);
+    if (this.volatile.delete(envelope.id)) {
+      // The sender holds the request: its retry runs it again.
+      const memoId = memoIdOf(envelope);
+      if (memoId !== undefined && this.inflight.get(memoId) === envelope.id) this.inflight.delete(memoId);
+    } else if (this.state.pending.has(envelope.id)) {
+      const n = (this.interruptions.get(envelope.id) ?? 0) + 1;
+      this.interruptions.set(envelope.id, n);
+      const { initialDelayMs, maxDelayMs } = this.host.retry;
+      const timer = setTimeout(
+        () => {
+          this.timers.delete(envelope.id);
+          if (this.state.pending.has(envelope.id) && this.failed === undefined && !this.closed) this.dispatch(envelope);
+        },
+        Math.min(maxDelayMs, initialDelayMs * 2 ** (n - 1)),
+      );
+      timer.unref?.();
+      this.timers.set(envelope.id, () => clearTimeout(timer));
+    }
+    for (const w of waiters) this.host.reply(w, unavailable);
+  }
+
+  /** Appends the commit of a finished invocation; releases its effects once durable. */
+  private commitOutcome(envelope: Envelope, reply: Reply, effects: PendingEffects, output?: Message) {
+    const now = this.host.clock.now();
+    const delivered = this.deliveries.take();
+    const commit = buildCommit({
+      shard: this.shard,
+      nextOutboxSequence: this.state.nextOutboxSequence,
+      envelope,
+      reply,
+      effects,
+      nowMs: now,
+      memoRetentionMs: this.host.memoRetentionMs,
+      delivered,
+      requestBytes: () => this.requestBytes(envelope),
+    });
+    const memoId = memoIdOf(envelope);
+    if (memoId !== undefined) this.inflight.delete(memoId);
+    this.volatile.delete(envelope.id);
+    this.interruptions.delete(envelope.id);
+    this.madeUp.delete(envelope.id);
+    let durable: Promise<void>;
+    try {
+      durable = this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit }, writtenAtMs: BigInt(now) })]);
+    } catch (err) {
+      if (!(err instanceof RecordEncodingError)) return;
+      // Nothing was appended: the deliveries ride on the next commit after all.
+      this.deliveries.putBack(delivered);
+      const problem = `${describe(envelope)}: its effects cannot be committed: ${err.message}`;
+      if (effects.deadLetter) {
+        this.host.logger.error(`shard ${this.shard}: ${problem}; the message stays pending`);
+        return;
+      }
+      // A re-run would produce the same effects: commit the failure instead.
+      const failed = errorReply(Code.Internal, problem);
+      this.commitOutcome(envelope, failed, { finishedInvocations: effects.finishedInvocations, deadLetter: true });
+      return;
+    }
+    for (const letter of commit.deadLetters) this.deadLettered(letter);
+    durable.then(
+      () => this.released(envelope, reply, commit, output),
+      () => {},
+    );
   }
 
   /** The request's bytes, for a dead letter (an ingress request travels decoded). */
@@ -1071,131 +761,177 @@ export class ShardProcessor {
     });
   }
 
-  /** The dead letters this shard keeps, oldest first. */
-  deadLetters(): DeadLetter[] {
-    return [...this.state.deadLetters.values()];
-  }
-
   /** The commit is durable: its reply, outbox and egress may leave the shard. */
   private released(envelope: Envelope, reply: Reply, commit: Commit, output: Message | undefined) {
     // Outbox first: a call's result is in the caller's journal (appended
     // synchronously in process) before the caller resumes, so the caller's
     // commit, which drops that journal, always comes after it in the log.
-    for (const entry of commit.outbox) if (entry.envelope !== undefined) this.deliverOutbox(entry.sequence, entry.envelope);
+    for (const entry of commit.outbox) if (entry.envelope !== undefined) this.deliveries.deliverOutbox(entry.sequence, entry.envelope);
     const waiters = this.waiters.get(envelope.id);
     this.waiters.delete(envelope.id);
     if (waiters !== undefined) for (const w of waiters) this.host.reply(w, reply, output);
-    for (const message of commit.egress) this.emitEgress(message);
+    for (const message of commit.egress) this.deliveries.emitEgress(message);
     for (const write of commit.stateWrites) {
       if (write.address !== undefined && write.expiresAtMs > 0n)
-        this.armExpiry(write.address.type, write.address.key, Number(write.expiresAtMs));
+        this.expiry.arm(write.address.type, write.address.key, Number(write.expiresAtMs));
     }
   }
 
-  private deliverOutbox(sequence: bigint, envelope: Envelope, attempt = 0) {
-    if (this.closed || this.failed !== undefined) return;
-    // Until the receiver has it durably the entry stays in the outbox: retry
-    // (the receiver drops duplicates by source and sequence).
-    let delivered: Promise<void>;
+  /**
+   * Appends records and applies them. A record that cannot be encoded throws
+   * `RecordEncodingError` at once and fails only the message it came from;
+   * any other failure is the storage's and fails the shard.
+   */
+  private append(records: LogRecord[]): Promise<void> {
+    let result: ReturnType<ShardLog["append"]>;
     try {
-      delivered = this.host.deliver(envelope);
+      result = this.log.append(records);
     } catch (err) {
-      delivered = Promise.reject(err);
-    }
-    delivered.then(
-      () => this.ack(sequence),
-      (err) => {
-        const delay = Math.min(5_000, 50 * 2 ** attempt);
-        if (attempt === 3)
-          this.host.logger.warn(`shard ${this.shard}: outbox delivery ${sequence} keeps failing; retrying`, { error: String(err) });
-        const timer = setTimeout(() => this.deliverOutbox(sequence, envelope, attempt + 1), delay);
-        timer.unref?.();
-      },
-    );
-  }
-
-  private emitEgress(message: EgressMessage) {
-    Promise.resolve()
-      .then(() => this.host.emitEgress(message))
-      .then(
-        () => {
-          this.pendingEgressDelivered.push(message.id);
-          this.scheduleAckFlush();
-        },
-        (err) =>
-          this.host.logger.warn(`egress ${message.egress}: delivery of ${message.id} failed; it is retried on recovery`, {
-            error: String(err),
-          }),
-      );
-  }
-
-  private ack(sequence: bigint) {
-    this.pendingAcks.push(sequence);
-    this.scheduleAckFlush();
-  }
-
-  // Acknowledgements ride on the next commit; an idle shard writes them alone
-  // shortly after, so its outbox does not grow without bound.
-  private scheduleAckFlush() {
-    if (this.ackFlush !== undefined || this.closed) return;
-    this.ackFlush = setTimeout(() => {
-      this.ackFlush = undefined;
-      if (this.failed !== undefined || this.closed) return;
-      this.appendDeliveries()?.catch(() => {});
-    }, 50);
-    this.ackFlush.unref?.();
-  }
-
-  /** Appends the acknowledgements and egress deliveries no commit has carried yet, if any. */
-  private appendDeliveries(): Promise<void> | undefined {
-    if (this.pendingAcks.length === 0 && this.pendingEgressDelivered.length === 0) return undefined;
-    const commit = create(CommitSchema, { acked: this.pendingAcks, egressDelivered: this.pendingEgressDelivered });
-    this.pendingAcks = [];
-    this.pendingEgressDelivered = [];
-    try {
-      return this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit } })]);
-    } catch (err) {
-      // fail() has recorded it
+      if (err instanceof RecordEncodingError) throw err;
+      this.fail(err);
       return Promise.reject(err);
     }
-  }
-
-  private armExpiry(type: string, key: string, atMs: number) {
-    const id = instanceId(type, key);
-    this.expiryTimers.get(id)?.();
-    const cancel = this.host.clock.schedule(atMs - this.host.clock.now(), () => {
-      this.expiryTimers.delete(id);
-      this.enqueue(id, { kind: "expire", type, key });
-    });
-    this.expiryTimers.set(id, cancel);
-  }
-
-  private expire(type: string, key: string) {
-    const instance = this.state.instances.get(instanceId(type, key));
-    if (instance === undefined || instance.expiresAtMs === 0 || instance.expiresAtMs > this.host.clock.now()) return;
-    const commit = create(CommitSchema, { stateWrites: [{ address: { type, key }, clear: true }] });
-    try {
-      this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit } })]).catch(() => {});
-    } catch {
-      // fail() has recorded it
+    let commits = 0;
+    for (const record of records) {
+      this.state.apply(record, result.lastSequence);
+      if (record.kind.case === "commit") commits++;
     }
+    if (commits > 0) this.host.metrics.committed(commits);
+    this.recordsSinceSnapshot += records.length;
+    this.unsnapshotted ??= { atMs: this.host.clock.now(), logBytes: this.host.logBytesWritten() };
+    this.lastDurable = result.durable;
+    this.snapshotIfDue();
+    result.durable.catch((err) => this.fail(err));
+    return result.durable;
+  }
+
+  /**
+   * Snapshots when `snapshotEvery` records, `snapshotLogBytes` of the node's
+   * log or `snapshotAfterMs` have passed since the oldest record no snapshot
+   * covers. The node also calls it periodically, for idle shards that pin old
+   * log segments.
+   */
+  snapshotIfDue(): void {
+    const since = this.unsnapshotted;
+    if (since === undefined || this.snapshotting || this.closed || this.failed !== undefined) return;
+    if (
+      this.recordsSinceSnapshot >= this.host.snapshotEvery ||
+      this.host.logBytesWritten() - since.logBytes >= this.host.snapshotLogBytes ||
+      this.host.clock.now() - since.atMs >= this.host.snapshotAfterMs
+    ) {
+      this.unsnapshotted = undefined;
+      this.snapshot(this.lastDurable);
+    }
+  }
+
+  private snapshot(durable: Promise<void>) {
+    this.snapshotting = true;
+    this.recordsSinceSnapshot = 0;
+    const now = this.host.clock.now();
+    this.state.pruneMemos(now);
+    // A journal whose invocation is neither pending nor in flight mostly
+    // belongs to a request lost in a crash: its sender retries under the same
+    // id, and the re-run must find the replies its callees committed. So it
+    // is kept as long as a reply memo would be (the retention counts from the
+    // first snapshot that found it orphaned, in this process).
+    for (const id of this.orphanedSince.keys()) if (!this.state.journals.has(id)) this.orphanedSince.delete(id);
+    this.state.pruneJournals((id) => {
+      if (this.pendingEnvelope(id) !== undefined) {
+        this.orphanedSince.delete(id);
+        return true;
+      }
+      const since = this.orphanedSince.get(id) ?? now;
+      this.orphanedSince.set(id, since);
+      return now - since <= this.host.memoRetentionMs;
+    });
+    const snapshot = this.state.toSnapshot();
+    durable
+      .then(() => this.log.writeSnapshot(snapshot))
+      .catch((err) => this.host.logger.warn(`shard ${this.shard}: snapshot failed`, { error: String(err) }))
+      .finally(() => {
+        this.snapshotting = false;
+      });
+  }
+
+  /** Rebuilds the shard's state from its snapshot and log. Call before `start`. */
+  async recover(): Promise<void> {
+    const recovered = await this.log.recover();
+    this.state = recovered.snapshot !== undefined ? ShardState.fromSnapshot(recovered.snapshot) : new ShardState(this.shard);
+    for (const { sequence, record } of recovered.records) this.state.apply(record, sequence);
+    this.recordsSinceSnapshot = recovered.records.length;
+    if (recovered.records.length > 0) this.unsnapshotted = { atMs: this.host.clock.now(), logBytes: this.host.logBytesWritten() };
+  }
+
+  /**
+   * Resumes work left by the recovered state, in two phases so that a node
+   * can redeliver every shard's outbox (call results included) before any
+   * shard re-runs its pending invocations.
+   */
+  start(): void {
+    this.resumeDeliveries();
+    this.resumeProcessing();
+  }
+
+  /** Delivers unacknowledged outbox entries and egress again. */
+  resumeDeliveries(): void {
+    for (const [sequence, envelope] of this.state.outbox) this.deliveries.deliverOutbox(sequence, envelope);
+    for (const message of this.state.egress.values()) this.deliveries.emitEgress(message);
+  }
+
+  /** Re-arms timers and processes pending messages in log order. */
+  resumeProcessing(): void {
+    for (const instance of this.state.instances.values())
+      if (instance.expiresAtMs > 0) this.expiry.arm(instance.type, instance.key, instance.expiresAtMs);
+    // An invocation that was awaiting a call when the node stopped runs again
+    // before anything queued behind it on its instance, so that it sees the
+    // state it saw before its call left (see `makeDurableBeforeCall`).
+    const pending = [...this.state.pending.values()];
+    const inProgress = (e: Envelope) => e.replyTo !== undefined && e.deliverAtMs === 0n;
+    for (const envelope of [...pending.filter(inProgress), ...pending.filter((e) => !inProgress(e))]) {
+      const memoId = memoIdOf(envelope);
+      if (memoId !== undefined) this.inflight.set(memoId, envelope.id);
+      this.schedule(envelope);
+    }
+  }
+
+  private fail(err: unknown) {
+    // A shard that is shutting down refuses appends by design: not a failure.
+    if (this.failed !== undefined || this.closed) return;
+    this.failed = err instanceof Error ? err : new Error(String(err));
+    // A newer owner fenced the log: the shard moved, and reopening it here
+    // would fence the new owner in turn. Stop; the new owner serves it.
+    const moved = err instanceof FencedError;
+    // Made up by the runtime, so not a reply: a commit may still have become
+    // durable, and the sender must retry to learn it.
+    const unavailable = new ShardUnavailableError(
+      moved
+        ? `shard ${this.shard} moved to another node, the reply is unknown (retry with the same Idempotency-Key): ${this.failed.message}`
+        : `shard ${this.shard}: storage failed, the reply is unknown (retry with the same Idempotency-Key): ${this.failed.message}`,
+    );
+    for (const list of this.waiters.values()) for (const w of list) this.host.reply(w, unavailable);
+    this.waiters.clear();
+    this.volatile.clear();
+    this.stopAwaiting(unavailable);
+    for (const cancel of this.timers.values()) cancel();
+    this.expiry.cancelAll();
+    if (err instanceof FencedError) this.host.shardMoved(this, err);
+    else this.host.storageFailed(this.shard, this.failed);
   }
 
   /** Resolves when no invocation is running (for tests and shutdown). */
   whenIdle(): Promise<void> {
-    if (this.running === 0) return Promise.resolve();
-    return new Promise((resolve) => this.idle.push(resolve));
+    return this.mailboxes.whenIdle();
   }
 
   /** Stops accepting work and closes the log. */
   async close(): Promise<void> {
     // Record deliveries that happened, so a graceful restart does not repeat them
     // (if this fails they are delivered again after the restart: at-least-once).
-    if (this.failed === undefined && !this.closed) await this.appendDeliveries()?.catch(() => {});
+    if (this.failed === undefined && !this.closed) await this.deliveries.appendPending()?.catch(() => {});
     this.closed = true;
     for (const cancel of this.timers.values()) cancel();
-    for (const cancel of this.expiryTimers.values()) cancel();
-    if (this.ackFlush !== undefined) clearTimeout(this.ackFlush);
+    this.expiry.cancelAll();
+    this.deliveries.cancelFlush();
     // Not a reply: a commit in flight may still become durable as the log closes.
     const unavailable = new ShardUnavailableError(
       `shard ${this.shard} is shutting down; the reply is unknown (retry with the same Idempotency-Key)`,
@@ -1204,6 +940,38 @@ export class ShardProcessor {
     this.waiters.clear();
     this.stopAwaiting(unavailable);
     await this.log.close();
+  }
+
+  /** The committed (possibly not yet durable) state of an instance. */
+  stateOf(type: string, key: string): Uint8Array | undefined {
+    return this.state.instances.get(instanceId(type, key))?.state;
+  }
+
+  /** Every instance of a type in this shard. */
+  instancesOf(type: string): Array<{ key: string; state: Uint8Array }> {
+    const out: Array<{ key: string; state: Uint8Array }> = [];
+    for (const i of this.state.instances.values()) if (i.type === type) out.push({ key: i.key, state: i.state });
+    return out;
+  }
+
+  /** Counts for `shoal status` and metrics. */
+  stats() {
+    return {
+      shard: this.shard,
+      instances: this.state.instances.size,
+      pending: this.state.pending.size + this.volatile.size,
+      outbox: this.state.outbox.size,
+      memos: this.state.memos.size,
+      journals: this.state.journals.size,
+      sequence: this.state.sequence,
+      epoch: this.log.epoch,
+      failed: this.failed?.message,
+    };
+  }
+
+  /** The dead letters this shard keeps, oldest first. */
+  deadLetters(): DeadLetter[] {
+    return [...this.state.deadLetters.values()];
   }
 }
 
