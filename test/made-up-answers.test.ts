@@ -69,6 +69,31 @@ async function startHookedBank(phase: string, args: string[], env: Record<string
   return child;
 }
 
+/**
+ * Transfer t1 (from x to y, under key "t1") is started on a hooked bank that
+ * holds it once its deposit returned; `beforeCall` runs once it started, before
+ * its call leaves (phase "queue" only). The deposit commits, a later commit in
+ * the same log makes it durable, and the runtime is SIGKILLed before t1
+ * commits. Resolves once it is dead; t1's client got an error.
+ */
+async function killAfterDeposit(
+  node: Child,
+  client: AccountClient,
+  t1: { account: string; to: string; amount: bigint; transferId: string },
+  beforeCall?: () => Promise<void>,
+): Promise<void> {
+  const first = client.transfer(t1, { idempotencyKey: "t1" }).catch(errorOf);
+  if (beforeCall !== undefined) {
+    await node.waitFor(/t1 started/);
+    await beforeCall();
+  }
+  await node.waitFor(/deposited t1/);
+  await client.deposit({ account: "z", amount: 1n });
+  node.process.kill("SIGKILL");
+  await node.exited;
+  expect(await first).toBeInstanceOf(ConnectError);
+}
+
 it("a transfer retried after a crash and a snapshot gets its deposit's committed reply, not a made-up call cycle", {
   timeout: 60_000,
 }, async () => {
@@ -80,15 +105,8 @@ it("a transfer retried after a crash and a snapshot gets its deposit's committed
   await client.deposit({ account: "x", amount: 100n }, { idempotencyKey: "seed-x" });
   await client.deposit({ account: "y", amount: 100n }, { idempotencyKey: "seed-y" });
   const t1 = { account: "x", to: "y", amount: 30n, transferId: "t1" };
-  const first = client.transfer(t1, { idempotencyKey: "t1" }).catch(errorOf);
-  // 1. The deposit commits (and its reply is in t1's journal); t1 hangs before committing.
-  await node.waitFor(/deposited t1/);
-  // A later commit in the same log is durable only with everything before it.
-  await client.deposit({ account: "z", amount: 1n });
-  // 2. The runtime dies before the transfer commits.
-  node.process.kill("SIGKILL");
-  await node.exited;
-  expect(await first).toBeInstanceOf(ConnectError);
+  // 1. The deposit commits (and its reply is in t1's journal); 2. the runtime dies before the transfer commits.
+  await killAfterDeposit(node, client, t1);
 
   // 3. After the restart the shard commits (and so snapshots) before the client retries.
   node = await startHookedBank("cycle", args);
@@ -291,12 +309,7 @@ it("a transfer whose deposit committed before a crash runs again before later tr
   const client = bankClient(`http://127.0.0.1:${port}`);
   await client.deposit({ account: "x", amount: 40n }, { idempotencyKey: "seed-x" });
   const t1 = { account: "x", to: "y", amount: 35n, transferId: "t1" };
-  const first = client.transfer(t1, { idempotencyKey: "t1" }).catch(errorOf);
-  await node.waitFor(/deposited t1/);
-  await client.deposit({ account: "z", amount: 1n });
-  node.process.kill("SIGKILL");
-  await node.exited;
-  expect(await first).toBeInstanceOf(ConnectError);
+  await killAfterDeposit(node, client, t1);
 
   node = await startHookedBank("", args);
   // Another transfer from x reaches the node before t1's retry does.
@@ -320,16 +333,11 @@ it("after a crash, a transfer whose deposit committed runs again before a messag
   const client = bankClient(`http://127.0.0.1:${port}`);
   await client.deposit({ account: "x", amount: 40n }, { idempotencyKey: "seed-x" });
   const t1 = { account: "x", to: "y", amount: 35n, transferId: "t1" };
-  const first = client.transfer(t1, { idempotencyKey: "t1" }).catch(errorOf);
-  await node.waitFor(/t1 started/);
-  // Logged (and so durable) before t1's call leaves, queued behind t1 on x.
-  await client.send.withdraw({ account: "x", amount: 10n });
-  writeFileSync(gate, "");
-  await node.waitFor(/deposited t1/);
-  await client.deposit({ account: "z", amount: 1n });
-  node.process.kill("SIGKILL");
-  await node.exited;
-  expect(await first).toBeInstanceOf(ConnectError);
+  await killAfterDeposit(node, client, t1, async () => {
+    // Logged (and so durable) before t1's call leaves, queued behind t1 on x.
+    await client.send.withdraw({ account: "x", amount: 10n });
+    writeFileSync(gate, "");
+  });
 
   node = await startHookedBank("", args);
   expect(await retried(() => client.transfer(t1, { idempotencyKey: "t1" }))).toMatchObject({ transferId: "t1", balance: 5n });
