@@ -1,5 +1,5 @@
 // Layering rules of the runtime (see packages/runtime/ARCHITECTURE.md), checked by `npm run lint`.
-// Lower layers never import higher ones: protocol, config, observe -> storage -> invoker -> shard -> node -> http.
+// Lower layers never import higher ones: protocol, config, observe -> storage -> invoker -> shard -> node -> cluster -> http.
 const rt = "^packages/runtime/src/";
 const below = (layer, higher) => ({
   name: `${layer}-not-above`,
@@ -18,18 +18,20 @@ module.exports = {
       from: { path: "^packages/[^/]+/src/" },
       to: { circular: true },
     },
-    below("protocol", ["config", "observe", "storage", "invoker", "shard", "node", "http"]),
-    below("config", ["storage", "invoker", "shard", "node", "http"]),
-    below("observe", ["storage", "invoker", "shard", "node", "http"]),
-    below("storage", ["invoker", "shard", "node", "http"]),
-    below("invoker", ["shard", "node", "http"]),
-    below("shard", ["node", "http"]),
-    below("node", ["http"]),
+    below("protocol", ["config", "observe", "storage", "invoker", "shard", "node", "cluster", "http"]),
+    below("config", ["storage", "invoker", "shard", "node", "cluster", "http"]),
+    below("observe", ["storage", "invoker", "shard", "node", "cluster", "http"]),
+    below("storage", ["cluster", "invoker", "shard", "node", "http"]),
+    below("invoker", ["shard", "node", "cluster", "http"]),
+    below("shard", ["node", "cluster", "http"]),
+    below("node", ["cluster", "http"]),
+    below("cluster", ["http"]),
     {
       name: "sdk-web-standard",
-      comment: "@shoal/sdk runs where only web-standard APIs exist (Deno, Bun, Workers): no node: built-ins",
+      comment:
+        "@shoal/sdk runs where only web-standard APIs exist (Deno, Bun, Workers): no node: built-ins, but in the node servers of @shoal/sdk/serve",
       severity: "error",
-      from: { path: "^packages/sdk/src/", pathNot: "\\.test\\.ts$" },
+      from: { path: "^packages/sdk/src/", pathNot: "\\.test\\.ts$|^packages/sdk/src/serve/" },
       to: { dependencyTypes: ["core"] },
     },
   ],

@@ -36,7 +36,7 @@ afterEach(async () => {
 });
 
 /** Starts a node on `dir`; a second call after `stop()` is a restart. */
-async function boot(functions: readonly Implementation[], options: { snapshotEvery?: number } = {}) {
+async function boot(functions: readonly Implementation[], options: { instanceCacheSize?: number } = {}) {
   const registry = createRegistry(...functions.map((f) => f.fn.service.file));
   const capture: Egress = {
     async deliver(m) {
@@ -49,10 +49,10 @@ async function boot(functions: readonly Implementation[], options: { snapshotEve
     storage: await createLocalStorage({ directory: dir }),
     shards: 4,
     clock,
+    instanceCacheSize: options.instanceCacheSize,
     logger: "silent",
     defaultEgress: capture,
     retry: { maxAttempts: 2, initialDelayMs: 1, maxDelayMs: 1 },
-    snapshotEvery: options.snapshotEvery,
   });
   await runtime.start();
   running = runtime;
@@ -271,13 +271,14 @@ describe("durable timers", () => {
   });
 });
 
-describe("snapshots", () => {
-  it("recover state from a snapshot plus the log after it", async () => {
-    let node = await boot([implement(GreeterFunction, greeter)], { snapshotEvery: 7 });
+describe("the store", () => {
+  it("gives a restarted node the state of every instance, also of those no longer held in memory", async () => {
+    // A cache of 2 instances: most greetings read their instance back from the store.
+    let node = await boot([implement(GreeterFunction, greeter)], { instanceCacheSize: 2 });
     for (let i = 0; i < 40; i++) await node.client(GreeterFunction).greet({ name: `n${i % 5}` });
     await settle();
     await stop();
-    node = await boot([implement(GreeterFunction, greeter)], { snapshotEvery: 7 });
+    node = await boot([implement(GreeterFunction, greeter)], { instanceCacheSize: 2 });
     for (let i = 0; i < 5; i++) expect(node.runtime.stateOf(GreeterFunction, `n${i}`)?.times).toBe(8);
     expect(await node.client(GreeterFunction).greet({ name: "n0" })).toMatchObject({ times: 9 });
   });

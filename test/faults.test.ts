@@ -2,8 +2,8 @@
 // start on a data directory it cannot use, says why, and a write that fails
 // (a full disk) fails the requests in flight with Unavailable and loses
 // nothing that was acknowledged.
-import { execFileSync, spawnSync } from "node:child_process";
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -36,42 +36,12 @@ describe("shoal dev refuses a data directory it cannot use", () => {
     expect(status).toBe(1);
     expect(stderr).toMatch(/^shoal: StorageError: .*a-file\/data.*\(ENOTDIR\)/m);
   });
-
-  it("with a corrupt snapshot", async () => {
-    const dir = join(root, "corrupt");
-    // Fill a store until it has snapshots, then stop it.
-    const port = await freePort();
-    const node = await startShoalDev(greeterModule, [
-      "--port",
-      String(port),
-      "--data-dir",
-      dir,
-      "--shards",
-      "1",
-      "--snapshot-every",
-      "50",
-      "--log-level",
-      "error",
-    ]);
-    const greeter = createGreeterClient(createConnectTransport({ baseUrl: node.url, httpVersion: "1.1" }));
-    for (let i = 0; i < 120; i++) await greeter.greet({ name: `n${i % 10}` });
-    node.child.process.kill("SIGTERM");
-    await node.child.exited;
-    const snapshots = readdirSync(join(dir, "snapshots")).filter((f) => f.endsWith(".snap"));
-    expect(snapshots.length).toBeGreaterThan(0);
-    const snapshot = join(dir, "snapshots", snapshots[0] as string);
-    execFileSync("dd", ["if=/dev/urandom", `of=${snapshot}`, "bs=1", "count=16", "seek=40", "conv=notrunc"], { stdio: "ignore" });
-    const { status, stderr } = shoalDevFails(["--data-dir", dir]);
-    expect(status).toBe(1);
-    expect(stderr).toContain(snapshots[0]);
-    expect(stderr).toMatch(/StorageError/);
-  }, 120_000);
 });
 
 it("fails requests with Unavailable on a full disk and loses nothing acknowledged", async () => {
   const dir = join(root, "full");
   const port = await freePort();
-  // A file size limit makes the log's writes fail as a full disk does, with
+  // A file size limit makes the store's writes fail as a full disk does, with
   // no root needed: the kernel answers EFBIG. (`ulimit -f` is in 1 KiB blocks in bash.)
   const limited = start("bash", [
     "-c",
@@ -94,8 +64,8 @@ it("fails requests with Unavailable on a full disk and loses nothing acknowledge
     }
   }
   expect(failure?.code).toBe(Code.Unavailable);
-  expect(failure?.rawMessage).toMatch(/storage failed.*file too large \(EFBIG\)|is unavailable|not open/);
-  expect(limited.stderr()).toMatch(/wal-\d+\.log failed: file too large \(EFBIG\)/);
+  expect(failure?.rawMessage).toMatch(/storage failed|is unavailable|not open/);
+  expect(limited.stderr()).toMatch(/local storage .*: a write transaction failed/);
   limited.process.kill("SIGKILL");
   await limited.exited;
 

@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { createLocalStorage, createMemoryStorage, createRuntime, listen, type StorageBackend } from "@shoal/runtime";
+import { createLocalStorage, createMemoryStorage, createRuntime, listen, type ShardStorage } from "@shoal/runtime";
 import { shardOf } from "@shoal/runtime/internal";
 import { implement } from "@shoal/sdk";
 import { afterEach, expect, it } from "vitest";
@@ -94,12 +94,12 @@ async function killAfterDeposit(
   expect(await first).toBeInstanceOf(ConnectError);
 }
 
-it("a transfer retried after a crash and a snapshot gets its deposit's committed reply, not a made-up call cycle", {
+it("a transfer retried after a crash gets its deposit's committed reply from the store, not a made-up call cycle", {
   timeout: 60_000,
 }, async () => {
   const port = await freePort();
-  // One shard: the caller's shard is the callee's, and every record writes a snapshot.
-  const args = ["--port", String(port), "--data-dir", tempDir(), "--shards", "1", "--snapshot-every", "1", "--log-level", "error"];
+  // One shard: the caller's shard is the callee's.
+  const args = ["--port", String(port), "--data-dir", tempDir(), "--shards", "1", "--log-level", "error"];
   let node = await startHookedBank("hang", args);
   const client = bankClient(`http://127.0.0.1:${port}`);
   await client.deposit({ account: "x", amount: 100n }, { idempotencyKey: "seed-x" });
@@ -108,7 +108,7 @@ it("a transfer retried after a crash and a snapshot gets its deposit's committed
   // 1. The deposit commits (and its reply is in t1's journal); 2. the runtime dies before the transfer commits.
   await killAfterDeposit(node, client, t1);
 
-  // 3. After the restart the shard commits (and so snapshots) before the client retries.
+  // 3. After the restart the shard commits before the client retries.
   node = await startHookedBank("cycle", args);
   await client.deposit({ account: "z", amount: 1n });
   // 4. The retry runs while y is locked by t2, which awaits a deposit at x: asking y
@@ -149,7 +149,7 @@ it("an invocation whose call left before the node stopped is resumed from the lo
   ];
   const boot = async () => {
     const storage = await createLocalStorage({ directory: dir });
-    const runtime = createRuntime({ functions, storage, shards: 1, snapshotEvery: 1, logger: "silent" });
+    const runtime = createRuntime({ functions, storage, shards: 1, logger: "silent" });
     await runtime.start();
     const journals = () => runtime.status().reduce((n, s) => n + s.journals, 0);
     return { runtime, journals, client: createAccountClient(createRouterTransport(runtime.routes)) };
@@ -167,7 +167,7 @@ it("an invocation whose call left before the node stopped is resumed from the lo
   const after = await boot();
   cleanups.push(() => after.runtime.close());
   // The request was logged before its call left: recovery runs it again with the
-  // deposit's reply from its journal, and its commit (and snapshot) drops the journal.
+  // deposit's reply from its journal, and its commit drops the journal.
   await after.client.deposit({ account: "z", amount: 1n });
   expect(await after.client.transfer(t1, { idempotencyKey: "t1" })).toMatchObject({ transferId: "t1", balance: 70n });
   expect(after.journals()).toBe(0);
@@ -175,27 +175,27 @@ it("an invocation whose call left before the node stopped is resumed from the lo
 });
 
 /** The memory store, where the first commit writing `key`'s state reaches the log but its durability fails. */
-function storageFailingOnce(key: string): StorageBackend {
+function storageFailingOnce(key: string): ShardStorage {
   const inner = createMemoryStorage();
   let armed = true;
   return {
     name: "failing-once",
     close: () => inner.close(),
     async openShard(shard, owner) {
-      const log = await inner.openShard(shard, owner);
-      // The memory store's logs are plain objects (their epoch a plain value): copying one delegates.
+      const store = await inner.openShard(shard, owner);
+      // The memory store's handles are plain objects (their epoch a plain value): copying one delegates.
       return {
-        ...log,
-        append(records) {
-          const result = log.append(records);
+        ...store,
+        write(changes, records) {
+          const result = store.write(changes, records);
           const hit = records.some((r) => r.kind.case === "commit" && r.kind.value.stateWrites.some((w) => w.address?.key === key));
           if (!(armed && hit)) return result;
           armed = false;
-          // Like an fsync that fails after the write reached the disk: the record turns up on recovery.
+          // Like a flush that fails after the write reached the disk: the write turns up on recovery.
           const durable = result.durable.then(() => {
             throw new Error(`injected: fsync failed for shard ${shard}`);
           });
-          return { lastSequence: result.lastSequence, durable };
+          return { sequence: result.sequence, durable };
         },
       };
     },

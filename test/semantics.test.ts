@@ -4,7 +4,7 @@
 // commit is durable.
 import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { createMemoryStorage, createRuntime, type Egress, listen, type StorageBackend } from "@shoal/runtime";
+import { createMemoryStorage, createRuntime, type Egress, listen, type ShardStorage } from "@shoal/runtime";
 import { createFunctionClient, implement } from "@shoal/sdk";
 import { createTestEnv } from "@shoal/testing";
 import { describe, expect, it } from "vitest";
@@ -166,7 +166,7 @@ describe("ordering and concurrency", () => {
 });
 
 /** The memory store, but a group becomes durable only when the test says so. */
-function gatedStorage(): { storage: StorageBackend; open(): void; close(): void } {
+function gatedStorage(): { storage: ShardStorage; open(): void; close(): void } {
   const inner = createMemoryStorage();
   let gate: Promise<void> = Promise.resolve();
   let openGate: () => void = () => {};
@@ -179,19 +179,13 @@ function gatedStorage(): { storage: StorageBackend; open(): void; close(): void 
       name: "gated",
       close: () => inner.close(),
       async openShard(shard, owner) {
-        const log = await inner.openShard(shard, owner);
+        const store = await inner.openShard(shard, owner);
         return {
-          shard: log.shard,
-          get epoch() {
-            return log.epoch;
-          },
-          recover: () => log.recover(),
-          writeSnapshot: (s) => log.writeSnapshot(s),
-          close: () => log.close(),
-          append(records) {
-            const result = log.append(records);
+          ...store,
+          write(changes, records) {
+            const result = store.write(changes, records);
             const waitFor = gate;
-            return { lastSequence: result.lastSequence, durable: result.durable.then(() => waitFor) };
+            return { sequence: result.sequence, durable: result.durable.then(() => waitFor) };
           },
         };
       },

@@ -17,7 +17,7 @@ import {
   createShardOwnership,
   type Runtime,
   type ShardDirectory,
-  type StorageBackend,
+  type ShardStorage,
 } from "@shoal/runtime";
 import { shardOf } from "@shoal/runtime/internal";
 import { createFunctionClient, type FunctionClient, implement } from "@shoal/sdk";
@@ -47,7 +47,7 @@ afterEach(async () => {
 
 async function twoNodes(): Promise<Cluster> {
   const dir = mkdtempSync(join(tmpdir(), "shoal-two-nodes-"));
-  const storage: StorageBackend = await createLocalStorage({ directory: dir });
+  const storage: ShardStorage = await createLocalStorage({ directory: dir });
   const directory = createMemoryDirectory();
   const transport = createInProcessTransport();
   const node = (nodeId: string, owned: number[]) =>

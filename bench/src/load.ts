@@ -15,8 +15,9 @@ import { connectUnaryRequest, RawConnection } from "./raw-client.js";
 export type ClientKind = "connect" | "raw";
 
 export interface LoadOptions {
-  readonly baseUrl: string;
-  /** Workers, each with one request in flight at a time on its own keep-alive connection. */
+  /** The ingresses: each worker sends its requests to them in turn (a cluster's nodes), starting with its own. */
+  readonly baseUrls: readonly string[];
+  /** Workers, each with one request in flight at a time on its own keep-alive connection (per ingress). */
   readonly concurrency: number;
   /** Keys `k0` ... `k<keys-1>`, picked uniformly at random per request. */
   readonly keys: number;
@@ -64,7 +65,7 @@ export function keyName(i: number): string {
 export async function createLoadGenerator(options: LoadOptions): Promise<LoadGenerator> {
   const { concurrency, keys } = options;
   const adders =
-    options.client === "raw" ? await rawAdders(options.baseUrl, concurrency, keys) : connectAdders(options.baseUrl, concurrency, keys);
+    options.client === "raw" ? await rawAdders(options.baseUrls, concurrency, keys) : connectAdders(options.baseUrls, concurrency, keys);
   const acked = new Uint32Array(keys);
   const errorKinds = new Map<string, number>();
   let errors = 0;
@@ -143,33 +144,78 @@ interface Adders {
   close(): void;
 }
 
-function connectAdders(baseUrl: string, concurrency: number, keys: number): Adders {
-  const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
-  const transport = createConnectTransport({ httpVersion: "1.1", baseUrl, useBinaryFormat: true, nodeOptions: { agent } });
-  const client = createClient(Counter, transport);
-  const names = Array.from({ length: keys }, (_, i) => keyName(i));
-  const add = (k: number) => client.add({ key: names[k], delta: 1n });
-  return { workers: Array.from({ length: concurrency }, () => add), close: () => agent.destroy() };
+/** Worker w's n-th request goes to ingress (w + n) mod the number of ingresses: every ingress gets an equal share, even at C=1. */
+function roundRobin<T>(perIngress: (ingress: number) => T, ingresses: number, concurrency: number): T[][] {
+  const targets = Array.from({ length: ingresses }, (_, i) => perIngress(i));
+  return Array.from({ length: concurrency }, (_, w) => targets.map((_, n) => targets[(w + n) % ingresses] as T));
 }
 
-async function rawAdders(baseUrl: string, concurrency: number, keys: number): Promise<Adders> {
-  const url = new URL(baseUrl);
+function cycle<T>(targets: readonly T[]): () => T {
+  let n = 0;
+  return () => targets[n++ % targets.length] as T;
+}
+
+function connectAdders(baseUrls: readonly string[], concurrency: number, keys: number): Adders {
+  const agents: Agent[] = [];
+  const names = Array.from({ length: keys }, (_, i) => keyName(i));
+  const clients = roundRobin(
+    (i) => {
+      const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
+      agents.push(agent);
+      const transport = createConnectTransport({
+        httpVersion: "1.1",
+        baseUrl: baseUrls[i] as string,
+        useBinaryFormat: true,
+        nodeOptions: { agent },
+      });
+      return createClient(Counter, transport);
+    },
+    baseUrls.length,
+    concurrency,
+  );
+  return {
+    workers: clients.map((own) => {
+      const next = cycle(own);
+      return (k: number) => next().add({ key: names[k], delta: 1n });
+    }),
+    close: () => {
+      for (const agent of agents) agent.destroy();
+    },
+  };
+}
+
+async function rawAdders(baseUrls: readonly string[], concurrency: number, keys: number): Promise<Adders> {
+  // Every ingress is on the same host and port scheme; the Host header is the first's (Shoal does not route by it).
+  const first = new URL(baseUrls[0] as string);
   const requests = Array.from({ length: keys }, (_, i) =>
     connectUnaryRequest(
-      url.host,
+      first.host,
       "/bench.v1.Counter/Add",
       toBinary(AddRequestSchema, { $typeName: "bench.v1.AddRequest", key: keyName(i), delta: 1n }),
     ),
   );
-  const connections = await Promise.all(Array.from({ length: concurrency }, () => RawConnection.open(url.hostname, Number(url.port))));
+  // One connection per worker and ingress.
+  const connections = await Promise.all(
+    Array.from({ length: concurrency }, (_, w) =>
+      Promise.all(
+        baseUrls.map((_, n) => {
+          const url = new URL(baseUrls[(w + n) % baseUrls.length] as string);
+          return RawConnection.open(url.hostname, Number(url.port));
+        }),
+      ),
+    ),
+  );
   return {
-    workers: connections.map((connection) => async (k: number) => {
-      const response = await connection.send(requests[k] as Buffer);
-      if (response.status !== 200) throw new ConnectError(`HTTP ${response.status}: ${response.body.toString("utf8").slice(0, 200)}`);
-      return fromBinary(ValueSchema, response.body);
+    workers: connections.map((own) => {
+      const next = cycle(own);
+      return async (k: number) => {
+        const response = await next().send(requests[k] as Buffer);
+        if (response.status !== 200) throw new ConnectError(`HTTP ${response.status}: ${response.body.toString("utf8").slice(0, 200)}`);
+        return fromBinary(ValueSchema, response.body);
+      };
     }),
     close: () => {
-      for (const c of connections) c.close();
+      for (const c of connections.flat()) c.close();
     },
   };
 }
@@ -180,21 +226,39 @@ export function quantile(sorted: Float64Array, q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] ?? Number.NaN;
 }
 
-/** Reads keys' values with the `Get` rpc (the shared handler, for Shoal) through the Connect client. */
-export async function readOverWire(baseUrl: string, keys: readonly number[]): Promise<Map<number, bigint>> {
-  const agent = new Agent({ keepAlive: true, maxSockets: 16 });
-  const client = createClient(Counter, createConnectTransport({ httpVersion: "1.1", baseUrl, nodeOptions: { agent } }));
+/**
+ * Reads keys' values with the `Get` rpc (the shared handler, for Shoal)
+ * through the Connect client, key i from ingress i mod the number of
+ * ingresses. A failed read is tried again for up to `retryForMs` (a cluster's
+ * nodes just restarted answer Unavailable until they own their shards).
+ */
+export async function readOverWire(baseUrls: readonly string[], keys: readonly number[], retryForMs = 0): Promise<Map<number, bigint>> {
+  const agents = baseUrls.map(() => new Agent({ keepAlive: true, maxSockets: 16 }));
+  const clients = baseUrls.map((baseUrl, i) =>
+    createClient(Counter, createConnectTransport({ httpVersion: "1.1", baseUrl, nodeOptions: { agent: agents[i] } })),
+  );
+  const deadline = performance.now() + retryForMs;
+  const get = async (k: number, attempt: number): Promise<bigint> => {
+    const client = clients[(k + attempt) % clients.length] as (typeof clients)[number];
+    try {
+      return (await client.get({ key: keyName(k) })).value;
+    } catch (err) {
+      if (performance.now() >= deadline) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      return get(k, attempt + 1);
+    }
+  };
   const out = new Map<number, bigint>();
   try {
-    for (let i = 0; i < keys.length; i += 16) {
-      const batch = keys.slice(i, i + 16);
-      const values = await Promise.all(batch.map((k) => client.get({ key: keyName(k) })));
+    for (let i = 0; i < keys.length; i += 16 * clients.length) {
+      const batch = keys.slice(i, i + 16 * clients.length);
+      const values = await Promise.all(batch.map((k) => get(k, 0)));
       batch.forEach((k, j) => {
-        out.set(k, values[j]?.value ?? -1n);
+        out.set(k, values[j] ?? -1n);
       });
     }
   } finally {
-    agent.destroy();
+    for (const agent of agents) agent.destroy();
   }
   return out;
 }

@@ -1,13 +1,13 @@
 // `npm run bench:restart`: how long a node takes to restart after a long run
-// on the durable local store, and how much log it has to read.
+// on the durable local store, and how large its store is.
 //
 //   node bench/dist/restart.js [--ops 1000000] [--concurrency 512] [--keys 100000] [--shards 64]
-//                              [--snapshot-log-bytes <bytes>] [--snapshot-after-ms <ms>] [--segment-bytes <bytes>] [--dir <parent>]
+//                              [--dir <parent>]
 //
 // Runs `--ops` adds of the bench counter (in process, through an in-memory
 // Connect transport: no HTTP) on `createLocalStorage({ fsync: true })`, closes
 // the node, then times createLocalStorage + createRuntime + start until every
-// shard serves, and prints that with the log and snapshot bytes on disk. It
+// shard serves, and prints that with the store's bytes on disk. It
 // checks the restarted node holds every acknowledged add.
 import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -26,9 +26,6 @@ const { values } = parseArgs({
     concurrency: { type: "string", default: "512" },
     keys: { type: "string", default: "100000" },
     shards: { type: "string", default: "64" },
-    "snapshot-log-bytes": { type: "string" },
-    "snapshot-after-ms": { type: "string" },
-    "segment-bytes": { type: "string" },
     dir: { type: "string", default: tmpdir() },
   },
 });
@@ -48,11 +45,9 @@ const directory = mkdtempSync(join(values.dir as string, "shoal-restart-"));
 async function boot(): Promise<Runtime> {
   const runtime = createRuntime({
     functions: [implement(CounterFunction, counter)],
-    storage: await createLocalStorage({ directory, fsync: true, segmentBytes: number("segment-bytes") }),
+    storage: await createLocalStorage({ directory, fsync: true }),
     shards,
     logger: "silent",
-    snapshotLogBytes: number("snapshot-log-bytes"),
-    snapshotAfterMs: number("snapshot-after-ms"),
   });
   await runtime.start();
   return runtime;
@@ -78,16 +73,14 @@ try {
         await client.add({ key: `k${op % keys}`, delta: 1n });
         if (performance.now() - reported > 10_000) {
           reported = performance.now();
-          process.stderr.write(`  ${op} ops, log ${mb(bytesIn(directory, /^wal-/))}\n`);
+          process.stderr.write(`  ${op} ops, store ${mb(bytesIn(directory, /\.mdb$/))}\n`);
         }
       }
     }),
   );
   const runSeconds = (performance.now() - started) / 1000;
   await runtime.close();
-  const logBytes = bytesIn(directory, /^wal-/);
-  const segments = readdirSync(directory).filter((name) => name.startsWith("wal-")).length;
-  const snapshotBytes = bytesIn(join(directory, "snapshots"), /\.snap$/);
+  const storeBytes = bytesIn(directory, /\.mdb$/);
 
   const restartStart = performance.now();
   runtime = await boot();
@@ -99,8 +92,7 @@ try {
   console.log(
     [
       `ops:            ${ops} (concurrency ${concurrency}, ${keys} keys, ${shards} shards, fsync) in ${runSeconds.toFixed(1)} s (${Math.round(ops / runSeconds)} ops/s)`,
-      `log on disk:    ${mb(logBytes)} in ${segments} segment(s)`,
-      `snapshots:      ${mb(snapshotBytes)}`,
+      `store on disk:  ${mb(storeBytes)}`,
       `restart:        ${restartMs.toFixed(0)} ms (createLocalStorage + createRuntime + start, until every shard serves)`,
       "check:          every acknowledged add is there after the restart",
     ].join("\n"),

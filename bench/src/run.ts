@@ -5,17 +5,20 @@
 //
 // Environment: BENCH_SECONDS (measured seconds per run, default 5),
 // BENCH_WARMUP_SECONDS (default 1), BENCH_ROWS (default "1x1,64x1000,256x10000",
-// concurrency x keys), BENCH_KINDS (default "plain,shoal-memory,shoal-durable"),
+// concurrency x keys), BENCH_KINDS (default "plain,shoal-memory,shoal-durable,shoal-remote";
+// "cluster" names the four cluster kinds),
 // BENCH_DIR (parent of the durable store's fresh directory, default the OS tmpdir),
 // BENCH_CLIENT (`connect`, the default, or `raw`: see load.ts).
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statfsSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { cpus, release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
+import { type ClusterProcess, natsServerVersion, startCluster } from "./cluster.js";
 import { type ClientKind, createLoadGenerator, keyName, type LoadGenerator, quantile, readOverWire } from "./load.js";
+import { cpuModel, filesystemOf } from "./machine.js";
 import { formatProfile, summarizeProfile } from "./profile.js";
-import { extraKinds, isKind, type Kind, kinds, type ServerReport } from "./protocol.js";
+import { clusterKinds, extraKinds, isClusterKind, isKind, type Kind, kinds, type ServerReport } from "./protocol.js";
 import { type ServerProcess, startServer } from "./server-process.js";
 
 interface Row {
@@ -34,13 +37,22 @@ interface RunResult {
   readonly serverCpu: number;
   /** Server CPU time per completed request, µs. */
   readonly cpuPerRequestUs: number;
+  /** shoal-remote: the function endpoint's part of cpuPerRequestUs. */
+  readonly endpointCpuPerRequestUs: number | undefined;
   /** Server event-loop utilization in the window (0..1). */
   readonly serverBusy: number;
   readonly clientCpu: number;
   readonly fsync?: { readonly perSecond: number; readonly records: number; readonly bytes: number };
+  /** A cluster kind's runtime nodes and nats-servers apart: CPU µs per request and peak RSS MB of each group. */
+  readonly groups?: { readonly nodes: GroupResult; readonly nats: GroupResult };
   readonly errors: number;
   readonly ok: boolean;
   readonly check: string;
+}
+
+interface GroupResult {
+  readonly cpuPerRequestUs: number;
+  readonly peakRssMb: number;
 }
 
 const env = process.env;
@@ -62,17 +74,21 @@ function parseRows(raw: string): Row[] {
 }
 
 function parseKinds(raw: string): Kind[] {
-  return raw.split(",").map((k) => {
+  return raw.split(",").flatMap((k) => {
     const kind = k.trim();
-    if (!isKind(kind)) throw new Error(`BENCH_KINDS: unknown kind "${kind}"; use ${[...kinds, ...extraKinds].join(", ")}`);
-    return kind;
+    if (kind === "cluster") return [...clusterKinds];
+    if (!isKind(kind)) throw new Error(`BENCH_KINDS: unknown kind "${kind}"; use ${[...kinds, ...extraKinds, "cluster"].join(", ")}`);
+    return [kind];
   });
 }
+
+/** The kinds on the local store with fsync: a fresh directory each, fsync columns, and the kill -9 check. */
+const durable = (kind: Kind) => kind === "shoal-durable" || kind === "shoal-remote";
 
 const mb = (bytes: number) => bytes / (1024 * 1024);
 const fmtInt = (n: number) => Math.round(n).toLocaleString("en-US");
 const fmtMs = (ms: number) => (ms < 10 ? ms.toFixed(2) : ms < 100 ? ms.toFixed(1) : ms.toFixed(0));
-const fmtPct = (x: number) => `${Math.round(100 * x)}%`;
+const fmtPct = (x: number) => (Number.isNaN(x) ? "—" : `${Math.round(100 * x)}%`);
 
 /** Compares the server's counters with the adds the load generator saw acknowledged. */
 function compareState(state: Map<string, bigint>, acked: Uint32Array, errors: number): { ok: boolean; text: string } {
@@ -104,7 +120,7 @@ function compareState(state: Map<string, bigint>, acked: Uint32Array, errors: nu
 /** Checks a sample of keys through the `Get` rpc against the acknowledged adds. */
 async function checkOverWire(url: string, acked: Uint32Array, errors: number): Promise<string | undefined> {
   const sample = Array.from({ length: Math.min(acked.length, 100) }, (_, i) => (i * 7919) % acked.length);
-  const values = await readOverWire(url, [...new Set(sample)]);
+  const values = await readOverWire([url], [...new Set(sample)]);
   for (const [k, got] of values) {
     const want = BigInt(acked[k] ?? 0);
     if (got < want || got > want + BigInt(errors)) return `Get(${keyName(k)}) = ${got}, acked ${want}`;
@@ -135,11 +151,14 @@ interface Subject {
   latencies: number[];
   clientCpuUs: number;
   serverCpuUs: number;
+  endpointCpuUs: number | undefined;
   wallUs: number;
   eluActive: number;
   eluTotal: number;
   storage: { groups: number; records: number; bytes: number } | undefined;
   peakRss: number;
+  /** Cluster kinds: CPU µs in the windows and peak RSS of the nodes and of the nats-servers. */
+  groups: { nodes: { cpuUs: number; peakRss: number }; nats: { cpuUs: number; peakRss: number } } | undefined;
 }
 
 /** Runs one measured slice against one server, adding to its totals. */
@@ -149,8 +168,10 @@ async function measureSlice(subject: Subject, settings: Settings): Promise<void>
   let before: Promise<ServerReport> | undefined;
   let after: Promise<ServerReport> | undefined;
   let poller: NodeJS.Timeout | undefined;
+  const groups = subject.groups;
+  // A cluster's report is read from /proc here, and splits the RSS by group.
   const sampleRss = () =>
-    void server.rss().then(
+    void (groups === undefined ? server.rss() : server.report().then((r) => trackGroupRss(groups, r))).then(
       (rss) => {
         subject.peakRss = Math.max(subject.peakRss, rss);
       },
@@ -183,9 +204,19 @@ async function measureSlice(subject: Subject, settings: Settings): Promise<void>
   subject.clientCpuUs += result.clientCpuUs;
   subject.wallUs += (windowEnd - windowStart) * 1000;
   subject.serverCpuUs += r1.cpu.user + r1.cpu.system - (r0.cpu.user + r0.cpu.system);
-  const active = r1.elu.active - r0.elu.active;
-  subject.eluActive += active;
-  subject.eluTotal += active + (r1.elu.idle - r0.elu.idle);
+  if (r0.endpointCpu !== undefined && r1.endpointCpu !== undefined) {
+    subject.endpointCpuUs =
+      (subject.endpointCpuUs ?? 0) + r1.endpointCpu.user + r1.endpointCpu.system - (r0.endpointCpu.user + r0.endpointCpu.system);
+  }
+  if (r0.elu !== undefined && r1.elu !== undefined) {
+    const active = r1.elu.active - r0.elu.active;
+    subject.eluActive += active;
+    subject.eluTotal += active + (r1.elu.idle - r0.elu.idle);
+  }
+  if (groups !== undefined && r0.groups !== undefined && r1.groups !== undefined) {
+    groups.nodes.cpuUs += r1.groups.nodes.cpuUs - r0.groups.nodes.cpuUs;
+    groups.nats.cpuUs += r1.groups.nats.cpuUs - r0.groups.nats.cpuUs;
+  }
   if (r0.storage !== undefined && r1.storage !== undefined) {
     subject.storage ??= { groups: 0, records: 0, bytes: 0 };
     subject.storage.groups += r1.storage.groups - r0.storage.groups;
@@ -194,10 +225,44 @@ async function measureSlice(subject: Subject, settings: Settings): Promise<void>
   }
 }
 
+function trackGroupRss(groups: NonNullable<Subject["groups"]>, report: ServerReport): number {
+  groups.nodes.peakRss = Math.max(groups.nodes.peakRss, report.groups?.nodes.rss ?? 0);
+  groups.nats.peakRss = Math.max(groups.nats.peakRss, report.groups?.nats.rss ?? 0);
+  return report.rss;
+}
+
+/**
+ * A cluster after the load: every key read through Get, spread over the
+ * ingresses, holds the acknowledged adds; then every node is SIGKILLed and
+ * started again on an empty directory, and every key reads the same.
+ */
+async function checkCluster(subject: Subject, cluster: ClusterProcess): Promise<{ ok: boolean; text: string }> {
+  const load = subject.load as LoadGenerator;
+  const keys = Array.from({ length: load.acked.length }, (_, i) => i);
+  const stateOf = (values: Map<number, bigint>) => new Map([...values].map(([k, v]) => [keyName(k), v]));
+  // A shard may move between nodes at any time (a lease renewed late on a busy machine): its reads answer Unavailable meanwhile.
+  const compared = compareState(stateOf(await readOverWire(cluster.urls, keys, 120_000)), load.acked, load.errors);
+  let { ok, text } = compared;
+  const t0 = performance.now();
+  await cluster.crashAndRestartNodes();
+  // The nodes serve once they own their shards again: until then a read answers Unavailable and is tried again.
+  const recovered = compareState(stateOf(await readOverWire(cluster.urls, keys, 120_000)), load.acked, load.errors);
+  const restartMs = performance.now() - t0;
+  ok &&= recovered.ok;
+  text += recovered.ok
+    ? `; after kill -9 of every node, on empty directories: same (all keys read after ${fmtMs(restartMs / 1000)} s)`
+    : `; after kill -9 of every node: ${recovered.text}`;
+  return { ok, text };
+}
+
 /** After the load: every acknowledged add is in the state (per key), a sample reads back through Get, and the durable store survives kill -9. */
 async function check(subject: Subject): Promise<{ ok: boolean; text: string }> {
   const load = subject.load as LoadGenerator;
   const server = subject.server as ServerProcess;
+  if (isClusterKind(subject.kind)) {
+    const { ok, text } = await checkCluster(subject, server as ClusterProcess);
+    return { ok, text: load.errors > 0 ? `${text}; ${load.errors} errors: ${errorSummary(load)}` : text };
+  }
   const compared = compareState(await server.state(), load.acked, load.errors);
   let ok = compared.ok;
   let text = compared.text;
@@ -206,7 +271,7 @@ async function check(subject: Subject): Promise<{ ok: boolean; text: string }> {
     ok = false;
     text += `; ${wire}`;
   }
-  if (subject.kind === "shoal-durable" && subject.directory !== undefined) {
+  if (durable(subject.kind) && subject.directory !== undefined) {
     await server.kill();
     subject.server = undefined;
     const t0 = performance.now();
@@ -216,8 +281,12 @@ async function check(subject: Subject): Promise<{ ok: boolean; text: string }> {
     ok &&= recovered.ok;
     text += recovered.ok ? `; after kill -9: same (restart ${fmtMs(restartMs / 1000)} s)` : `; after kill -9: ${recovered.text}`;
   }
-  if (load.errors > 0) text += `; ${load.errors} errors: ${[...load.errorKinds].map(([m, n]) => `${n}× ${m}`).join("; ")}`;
+  if (load.errors > 0) text += `; ${load.errors} errors: ${errorSummary(load)}`;
   return { ok, text };
+}
+
+function errorSummary(load: LoadGenerator): string {
+  return [...load.errorKinds].map(([m, n]) => `${n}× ${m}`).join("; ");
 }
 
 /**
@@ -228,7 +297,7 @@ async function check(subject: Subject): Promise<{ ok: boolean; text: string }> {
 async function measureRow(row: Row, kindsToRun: readonly Kind[], settings: Settings): Promise<RunResult[]> {
   const subjects: Subject[] = kindsToRun.map((kind) => ({
     kind,
-    directory: kind === "shoal-durable" ? storeDirectory(settings.baseDir) : undefined,
+    directory: durable(kind) ? storeDirectory(settings.baseDir) : undefined,
     server: undefined,
     load: undefined,
     completed: 0,
@@ -236,16 +305,25 @@ async function measureRow(row: Row, kindsToRun: readonly Kind[], settings: Setti
     latencies: [],
     clientCpuUs: 0,
     serverCpuUs: 0,
+    endpointCpuUs: undefined,
     wallUs: 0,
     eluActive: 0,
     eluTotal: 0,
     storage: undefined,
     peakRss: 0,
+    groups: isClusterKind(kind) ? { nodes: { cpuUs: 0, peakRss: 0 }, nats: { cpuUs: 0, peakRss: 0 } } : undefined,
   }));
   try {
     for (const s of subjects) {
-      s.server = await startServer(s.kind, { directory: s.directory });
-      s.load = await createLoadGenerator({ baseUrl: s.server.url, concurrency: row.concurrency, keys: row.keys, client: settings.client });
+      s.server = isClusterKind(s.kind)
+        ? await startCluster(s.kind, settings.baseDir)
+        : await startServer(s.kind, { directory: s.directory });
+      s.load = await createLoadGenerator({
+        baseUrls: s.server.urls,
+        concurrency: row.concurrency,
+        keys: row.keys,
+        client: settings.client,
+      });
     }
     for (const s of subjects) await s.load?.slice({ warmupMs: settings.warmupMs, durationMs: 0 });
     for (let round = 0; round < settings.slices; round++) {
@@ -266,12 +344,20 @@ async function measureRow(row: Row, kindsToRun: readonly Kind[], settings: Setti
         peakRssMb: mb(s.peakRss),
         serverCpu: s.serverCpuUs / s.wallUs,
         cpuPerRequestUs: s.completed > 0 ? s.serverCpuUs / s.completed : Number.NaN,
-        serverBusy: s.eluTotal > 0 ? s.eluActive / s.eluTotal : 0,
+        endpointCpuPerRequestUs: s.endpointCpuUs === undefined || s.completed === 0 ? undefined : s.endpointCpuUs / s.completed,
+        serverBusy: s.eluTotal > 0 ? s.eluActive / s.eluTotal : Number.NaN,
         clientCpu: s.clientCpuUs / s.wallUs,
         fsync:
-          s.kind === "shoal-durable" && storage !== undefined && storage.groups > 0
+          durable(s.kind) && storage !== undefined && storage.groups > 0
             ? { perSecond: storage.groups / s.seconds, records: storage.records / storage.groups, bytes: storage.bytes / storage.groups }
             : undefined,
+        groups:
+          s.groups === undefined
+            ? undefined
+            : {
+                nodes: { cpuPerRequestUs: s.groups.nodes.cpuUs / s.completed, peakRssMb: mb(s.groups.nodes.peakRss) },
+                nats: { cpuPerRequestUs: s.groups.nats.cpuUs / s.completed, peakRssMb: mb(s.groups.nats.peakRss) },
+              },
         errors: s.load?.errors ?? 0,
         ok,
         check: text,
@@ -284,35 +370,6 @@ async function measureRow(row: Row, kindsToRun: readonly Kind[], settings: Setti
       await s.server?.close().catch(() => s.server?.kill());
       if (s.directory !== undefined) removeStore(s.directory);
     }
-  }
-}
-
-function cpuModel(): string {
-  try {
-    const match = /^model name\s*:\s*(.+)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"));
-    if (match?.[1] !== undefined) return match[1].trim();
-  } catch {
-    // not Linux
-  }
-  return cpus()[0]?.model ?? "unknown";
-}
-
-function filesystemOf(path: string): string {
-  // statfs magic numbers, in hex as in statfs(2)
-  const names: Record<string, string> = {
-    ef53: "ext4",
-    "58465342": "xfs",
-    "9123683e": "btrfs",
-    "1021994": "tmpfs",
-    "794c7630": "overlayfs",
-    "2fc12fc1": "zfs",
-    "6969": "nfs",
-  };
-  try {
-    const type = statfsSync(path).type;
-    return names[type.toString(16)] ?? `fs type 0x${type.toString(16)}`;
-  } catch {
-    return "unknown fs";
   }
 }
 
@@ -346,6 +403,13 @@ function ratio(a: RunResult | undefined, b: RunResult | undefined): number | und
   return a !== undefined && b !== undefined && b.rps > 0 ? a.rps / b.rps : undefined;
 }
 
+/** For shoal-remote, how its CPU per request divides between the runtime and the function endpoint. */
+function split(r: RunResult | undefined): string {
+  const endpoint = r?.endpointCpuPerRequestUs;
+  if (r === undefined || endpoint === undefined) return "";
+  return `; runtime ${fmtInt(r.cpuPerRequestUs - endpoint)} + endpoint ${fmtInt(endpoint)} µs/req`;
+}
+
 /** b's server CPU per request over a's: above 1 when a spends less CPU per request. */
 function cpuRatio(a: RunResult | undefined, b: RunResult | undefined): number | undefined {
   return a !== undefined && b !== undefined && a.cpuPerRequestUs > 0 ? b.cpuPerRequestUs / a.cpuPerRequestUs : undefined;
@@ -354,6 +418,8 @@ function cpuRatio(a: RunResult | undefined, b: RunResult | undefined): number | 
 function report(results: RunResult[], rows: Row[], settings: Settings): string {
   const out: string[] = [];
   out.push(...machine(settings));
+  if (results.some((r) => isClusterKind(r.kind)))
+    out.push(`- cluster kinds: ${natsServerVersion()}, its stores in fresh directories under ${settings.baseDir}; 64 shards`);
   out.push(
     `- each row: the servers started side by side, each in its own process; ${settings.warmupMs / 1000} s warm-up each, then ${settings.slices} rounds of ` +
       `[${settings.rampMs / 1000} s ramp + ${settings.measureMs / settings.slices / 1000} s measured] per server, one server loaded at a time, the order rotating every round`,
@@ -367,40 +433,8 @@ function report(results: RunResult[], rows: Row[], settings: Settings): string {
       `| ${r.row.concurrency} | ${fmtInt(r.row.keys)} | ${r.kind} | ${fmtInt(r.rps)} | ${fmtMs(r.p50)} | ${fmtMs(r.p99)} | ${r.peakRssMb.toFixed(0)} | ${fmtPct(r.serverCpu)} | ${fmtInt(r.cpuPerRequestUs)} | ${fmtPct(r.serverBusy)} | ${fmtPct(r.clientCpu)} | ${f ? fmtInt(f.perSecond) : "—"} | ${f ? f.records.toFixed(1) : "—"} | ${f ? fmtInt(f.bytes) : "—"} | ${r.ok ? "ok" : "FAILED"}: ${r.check} |`,
     );
   }
-  out.push(
-    "",
-    "Throughput ratios, and in brackets the inverse ratio of server CPU per request (what the server would reach if CPU were its only limit):",
-    "",
-    "| C | K | shoal-memory / plain | shoal-durable / shoal-memory |",
-    "|---:|---:|---:|---:|",
-  );
-  const find = (row: Row, kind: Kind) => results.find((r) => r.row === row && r.kind === kind);
-  const fmtRatio = (x: number | undefined) => (x === undefined ? "—" : `${x.toFixed(2)}×`);
-  const both = (a: RunResult | undefined, b: RunResult | undefined) => `${fmtRatio(ratio(a, b))} (${fmtRatio(cpuRatio(a, b))})`;
-  for (const row of rows) {
-    out.push(
-      `| ${row.concurrency} | ${fmtInt(row.keys)} | ${both(find(row, "shoal-memory"), find(row, "plain"))} | ${both(find(row, "shoal-durable"), find(row, "shoal-memory"))} |`,
-    );
-  }
-  const c64 = rows.find((r) => r.concurrency === 64);
-  if (c64 !== undefined) {
-    const memory = ratio(find(c64, "shoal-memory"), find(c64, "plain"));
-    const durable = ratio(find(c64, "shoal-durable"), find(c64, "shoal-memory"));
-    const p99 = find(c64, "shoal-durable")?.p99;
-    const verdict = (met: boolean | undefined) => (met === undefined ? "not measured" : met ? "met" : "MISSED");
-    out.push(
-      "",
-      `Targets at C=64, K=${fmtInt(c64.keys)}:`,
-      `- shoal-memory ≥ 0.8× plain: ${fmtRatio(memory)} — ${verdict(memory === undefined ? undefined : memory >= 0.8)} (by server CPU per request: ${fmtRatio(cpuRatio(find(c64, "shoal-memory"), find(c64, "plain")))})`,
-      `- shoal-durable ≥ 0.7× shoal-memory: ${fmtRatio(durable)} — ${verdict(durable === undefined ? undefined : durable >= 0.7)}`,
-      `- shoal-durable p99 ≤ 25 ms: ${p99 === undefined ? "—" : `${fmtMs(p99)} ms`} — ${verdict(p99 === undefined ? undefined : p99 <= 25)}`,
-      `  (with C requests always in flight the mean latency is C / throughput (Little's law): ${kinds
-        .map((k) => find(c64, k))
-        .filter((r) => r !== undefined)
-        .map((r) => `${r.kind} ${fmtMs((1000 * c64.concurrency) / r.rps)} ms`)
-        .join(", ")})`,
-    );
-  }
+  out.push(...ratiosAndTargets(results, rows));
+  out.push(...clusterReport(results, rows));
   const saturated = results.filter((r) => r.clientCpu > 0.9);
   if (saturated.length > 0) {
     out.push(
@@ -409,6 +443,89 @@ function report(results: RunResult[], rows: Row[], settings: Settings): string {
     );
   }
   return out.join("\n");
+}
+
+/** The single-process kinds against each other, and the targets at C=64; nothing when only cluster kinds ran. */
+function ratiosAndTargets(results: RunResult[], rows: Row[]): string[] {
+  if (results.every((r) => isClusterKind(r.kind))) return [];
+  const out: string[] = [];
+  out.push(
+    "",
+    "Throughput ratios, and in brackets the inverse ratio of server CPU per request (what the server would reach if CPU were its only limit):",
+    "",
+    "| C | K | shoal-memory / plain | shoal-durable / shoal-memory | shoal-remote / shoal-durable |",
+    "|---:|---:|---:|---:|---:|",
+  );
+  const find = (row: Row, kind: Kind) => results.find((r) => r.row === row && r.kind === kind);
+  const fmtRatio = (x: number | undefined) => (x === undefined ? "—" : `${x.toFixed(2)}×`);
+  const both = (a: RunResult | undefined, b: RunResult | undefined) => `${fmtRatio(ratio(a, b))} (${fmtRatio(cpuRatio(a, b))})`;
+  for (const row of rows) {
+    out.push(
+      `| ${row.concurrency} | ${fmtInt(row.keys)} | ${both(find(row, "shoal-memory"), find(row, "plain"))} | ${both(find(row, "shoal-durable"), find(row, "shoal-memory"))} | ${both(find(row, "shoal-remote"), find(row, "shoal-durable"))} |`,
+    );
+  }
+  const c64 = rows.find((r) => r.concurrency === 64);
+  if (c64 !== undefined) {
+    const memory = ratio(find(c64, "shoal-memory"), find(c64, "plain"));
+    const onDisk = ratio(find(c64, "shoal-durable"), find(c64, "shoal-memory"));
+    const remote = ratio(find(c64, "shoal-remote"), find(c64, "shoal-durable"));
+    const p99 = find(c64, "shoal-durable")?.p99;
+    const verdict = (met: boolean | undefined) => (met === undefined ? "not measured" : met ? "met" : "MISSED");
+    out.push(
+      "",
+      `Targets at C=64, K=${fmtInt(c64.keys)}:`,
+      `- shoal-memory ≥ 0.8× plain: ${fmtRatio(memory)} — ${verdict(memory === undefined ? undefined : memory >= 0.8)} (by server CPU per request: ${fmtRatio(cpuRatio(find(c64, "shoal-memory"), find(c64, "plain")))})`,
+      `- shoal-durable ≥ 0.7× shoal-memory: ${fmtRatio(onDisk)} — ${verdict(onDisk === undefined ? undefined : onDisk >= 0.7)}`,
+      `- shoal-remote ≥ 0.5× shoal-durable: ${fmtRatio(remote)} — ${verdict(remote === undefined ? undefined : remote >= 0.5)} (by server CPU per request, runtime and endpoint together: ${fmtRatio(cpuRatio(find(c64, "shoal-remote"), find(c64, "shoal-durable")))}${split(find(c64, "shoal-remote"))})`,
+      `- shoal-durable p99 ≤ 25 ms: ${p99 === undefined ? "—" : `${fmtMs(p99)} ms`} — ${verdict(p99 === undefined ? undefined : p99 <= 25)}`,
+      `  (with C requests always in flight the mean latency is C / throughput (Little's law): ${kinds
+        .map((k) => find(c64, k))
+        .filter((r) => r !== undefined)
+        .map((r) => `${r.kind} ${fmtMs((1000 * c64.concurrency) / r.rps)} ms`)
+        .join(", ")})`,
+    );
+  }
+  return out;
+}
+
+/** The cluster kinds apart: where the CPU goes (nodes, nats-servers), and 3 nodes against 1 and R3 against R1 per row. */
+function clusterReport(results: RunResult[], rows: Row[]): string[] {
+  const clustered = results.filter((r) => r.groups !== undefined);
+  if (clustered.length === 0) return [];
+  const out = [
+    "",
+    "Cluster kinds (`cluster-<N>n-r<R>`: N shoal-node processes on R nats-servers, streams with R replicas, the load through every node's ingress in turn). " +
+      "CPU per request adds up every node and every nats-server process (utime + stime from /proc/<pid>/stat); all of them share this machine's cores with the load generator, " +
+      "so aggregate throughput here is bounded by CPU, and CPU per request is the figure that tells whether scaling out is efficient: " +
+      "N nodes at the same CPU per request would serve N times the load on N machines.",
+    "",
+    "| C | K | kind | req/s | p50 ms | p99 ms | CPU µs/req: nodes | nats-servers | total | RSS MB: nodes | nats-servers |",
+    "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ];
+  for (const r of clustered) {
+    const g = r.groups as NonNullable<RunResult["groups"]>;
+    out.push(
+      `| ${r.row.concurrency} | ${fmtInt(r.row.keys)} | ${r.kind} | ${fmtInt(r.rps)} | ${fmtMs(r.p50)} | ${fmtMs(r.p99)} | ${fmtInt(g.nodes.cpuPerRequestUs)} | ${fmtInt(g.nats.cpuPerRequestUs)} | ${fmtInt(r.cpuPerRequestUs)} | ${g.nodes.peakRssMb.toFixed(0)} | ${g.nats.peakRssMb.toFixed(0)} |`,
+    );
+  }
+  const find = (row: Row, kind: Kind) => clustered.find((r) => r.row === row && r.kind === kind);
+  const fmtRatio = (x: number | undefined) => (x === undefined ? "—" : `${x.toFixed(2)}×`);
+  // Here the CPU ratio is a over b itself (above 1: a spends more per request), the cost of scaling out.
+  const pair = (a: RunResult | undefined, b: RunResult | undefined) =>
+    `${fmtRatio(ratio(a, b))} / ${fmtRatio(a !== undefined && b !== undefined && b.cpuPerRequestUs > 0 ? a.cpuPerRequestUs / b.cpuPerRequestUs : undefined)}`;
+  out.push(
+    "",
+    "Throughput / total CPU per request, one configuration over another:",
+    "",
+    "| C | K | 3 nodes / 1 node, R1 | 3 nodes / 1 node, R3 | R3 / R1, 1 node | R3 / R1, 3 nodes |",
+    "|---:|---:|---:|---:|---:|---:|",
+  );
+  for (const row of rows) {
+    out.push(
+      `| ${row.concurrency} | ${fmtInt(row.keys)} | ${pair(find(row, "cluster-3n-r1"), find(row, "cluster-1n-r1"))} | ${pair(find(row, "cluster-3n-r3"), find(row, "cluster-1n-r3"))} | ${pair(find(row, "cluster-1n-r3"), find(row, "cluster-1n-r1"))} | ${pair(find(row, "cluster-3n-r3"), find(row, "cluster-3n-r1"))} |`,
+    );
+  }
+  return out;
 }
 
 async function bench() {
@@ -430,7 +547,7 @@ async function bench() {
         ? `, ${r.fsync.records.toFixed(1)} records & ${fmtInt(r.fsync.bytes)} B per fsync (${fmtInt(r.fsync.perSecond)}/s)`
         : "";
       console.log(
-        `C=${row.concurrency} K=${row.keys} ${r.kind.padEnd(13)} ${fmtInt(r.rps).padStart(7)} req/s  p50 ${fmtMs(r.p50)} ms  p99 ${fmtMs(r.p99)} ms  rss ${r.peakRssMb.toFixed(0)} MB  cpu srv ${fmtPct(r.serverCpu)} ${fmtInt(r.cpuPerRequestUs)} µs/req (loop ${fmtPct(r.serverBusy)}) cli ${fmtPct(r.clientCpu)}${f}  ${r.ok ? "ok" : "FAILED"}: ${r.check}`,
+        `C=${row.concurrency} K=${row.keys} ${r.kind.padEnd(13)} ${fmtInt(r.rps).padStart(7)} req/s  p50 ${fmtMs(r.p50)} ms  p99 ${fmtMs(r.p99)} ms  rss ${r.peakRssMb.toFixed(0)} MB  cpu srv ${fmtPct(r.serverCpu)} ${fmtInt(r.cpuPerRequestUs)} µs/req (loop ${fmtPct(r.serverBusy)})${split(r)} cli ${fmtPct(r.clientCpu)}${f}  ${r.ok ? "ok" : "FAILED"}: ${r.check}`,
       );
     }
   }
@@ -454,7 +571,8 @@ function option(args: readonly string[], name: string, fallback: number): number
 /** Runs one server under `node --cpu-prof` at a fixed load and summarizes where its CPU went. */
 async function profile(args: readonly string[]) {
   const kind = args[args.indexOf("--profile") + 1];
-  if (!isKind(kind)) throw new Error(`--profile needs a kind: ${[...kinds, ...extraKinds].join(", ")}`);
+  if (!isKind(kind) || isClusterKind(kind))
+    throw new Error(`--profile needs a kind of one process: ${[...kinds, ...extraKinds].filter((k) => !isClusterKind(k)).join(", ")}`);
   const seconds = option(args, "--seconds", 5);
   const row = { concurrency: option(args, "--concurrency", 64), keys: option(args, "--keys", 1000) };
   const top = option(args, "--top", 30);
@@ -462,11 +580,11 @@ async function profile(args: readonly string[]) {
   const client = parseClient(clientIndex >= 0 ? (args[clientIndex + 1] ?? "") : env.BENCH_CLIENT || "connect");
   const profileDir = fileURLToPath(new URL(`../profiles/${kind}-${Date.now()}`, import.meta.url));
   mkdirSync(profileDir, { recursive: true });
-  const directory = kind === "shoal-durable" ? storeDirectory(env.BENCH_DIR || tmpdir()) : undefined;
+  const directory = durable(kind) ? storeDirectory(env.BENCH_DIR || tmpdir()) : undefined;
   const server = await startServer(kind, { directory, execArgv: ["--cpu-prof", "--cpu-prof-dir", profileDir] });
   let requests = 0;
   try {
-    const load = await createLoadGenerator({ baseUrl: server.url, ...row, client });
+    const load = await createLoadGenerator({ baseUrls: [server.url], ...row, client });
     const result = await load.slice({ warmupMs: 1000, durationMs: seconds * 1000 });
     load.close();
     requests = load.acked.reduce((sum, n) => sum + n, 0);
@@ -478,11 +596,16 @@ async function profile(args: readonly string[]) {
     await server.close();
     if (directory !== undefined) removeStore(directory);
   }
-  const file = readdirSync(profileDir).find((f) => f.endsWith(".cpuprofile"));
-  if (file === undefined) throw new Error(`no .cpuprofile in ${profileDir}`);
-  const path = join(profileDir, file);
-  console.log(`profile: ${path} (whole server lifetime: start-up, warm-up and load; open in Chrome DevTools > Performance)\n`);
-  console.log(formatProfile(summarizeProfile(path), top, requests));
+  // shoal-remote's endpoint inherits --cpu-prof: one profile per process, the runtime's first.
+  const files = readdirSync(profileDir)
+    .filter((f) => f.endsWith(".cpuprofile"))
+    .sort();
+  if (files.length === 0) throw new Error(`no .cpuprofile in ${profileDir}`);
+  for (const file of files) {
+    const path = join(profileDir, file);
+    console.log(`profile: ${path} (whole server lifetime: start-up, warm-up and load; open in Chrome DevTools > Performance)\n`);
+    console.log(formatProfile(summarizeProfile(path), top, requests));
+  }
 }
 
 /** Durable store directories in use, removed on the way out even after Ctrl-C. */

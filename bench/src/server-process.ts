@@ -11,6 +11,8 @@ export interface ServerProcess {
   readonly kind: Kind;
   readonly pid: number;
   readonly url: string;
+  /** Every ingress the load goes through, round-robin: `[url]`, or a cluster's nodes. */
+  readonly urls: readonly string[];
   report(): Promise<ServerReport>;
   state(): Promise<Map<string, bigint>>;
   /** Resident set size read from /proc (no work in the server), or from a report elsewhere. */
@@ -22,7 +24,7 @@ export interface ServerProcess {
 }
 
 export interface StartOptions {
-  /** The local storage directory (shoal-durable). */
+  /** The local storage directory (shoal-durable, shoal-remote). */
   readonly directory?: string;
   /** Node flags for the server, e.g. `--cpu-prof`. */
   readonly execArgv?: readonly string[];
@@ -78,9 +80,12 @@ export async function startServer(kind: Kind, options: StartOptions = {}): Promi
     kind,
     pid,
     url,
+    urls: [url],
     report,
     state: async () => (await request("state")).state ?? new Map(),
     async rss() {
+      // shoal-remote's report adds up its endpoint process.
+      if (kind === "shoal-remote") return (await report()).rss;
       try {
         const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
         if (match?.[1] !== undefined) return Number(match[1]) * 1024;

@@ -5,15 +5,19 @@
 // SIGTERM, also while it is still recovering) or fills its disk while it runs.
 // Once the fault is gone, every check of checkBank must hold. A storm's timing
 // and the client's transfers follow its seed (SHOAL_STORM_SEED reproduces one).
+// In remote mode the runtime is `shoal serve --config shoal.yaml` with no user
+// code and the bank's functions run in an endpoint process of their own
+// (examples/bank/dist/serve-functions.js); the storm SIGKILLs both.
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
+import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Child, freePort, repoRoot, shoalBin, start } from "../support/processes.js";
 
 const bankModule = `${repoRoot}examples/bank/dist/module.js`;
 const loadClient = `${repoRoot}examples/bank/dist/load.js`;
+const bankEndpoint = `${repoRoot}examples/bank/dist/serve-functions.js`;
 
 /** One storm's shape. */
 export interface BankStormOptions {
@@ -21,8 +25,6 @@ export interface BankStormOptions {
   readonly name: string;
   /** `--shards` of the runtime. */
   readonly shards: number;
-  /** `--snapshot-every`; default the runtime's own (10 000). */
-  readonly snapshotEvery?: number;
   /** How many times the runtime is stopped and started again; default 0. */
   readonly stops?: number;
   /** How it is stopped: SIGKILL (a crash) or SIGTERM (a graceful stop); default SIGKILL. */
@@ -42,6 +44,12 @@ export interface BankStormOptions {
   readonly workers?: number;
   /** Default SHOAL_STORM_SEED, else random. */
   readonly seed?: number;
+  /**
+   * Remote mode: the functions run in a separate endpoint process, SIGKILLed
+   * and restarted `endpointKills` times, interleaved at random with the
+   * runtime's `stops` (SIGKILL only; no disk-full cycles).
+   */
+  readonly remote?: { readonly endpointKills: number };
 }
 
 /** What a storm did and every check that failed (empty when the guarantees held). */
@@ -51,22 +59,26 @@ export interface BankStormReport {
   readonly failures: string[];
 }
 
-interface Transfer {
+/** A transfer as the load client reports it. */
+export interface Transfer {
   id: string;
   from: string;
   to: string;
   amount: string;
 }
-interface LoadSummary {
+/** The load client's summary line (examples/bank/src/load.ts). */
+export interface LoadSummary {
   acknowledged: Transfer[];
   refused: Array<Transfer & { code: string; message: string }>;
   abandoned: Array<Transfer & { lastError: string }>;
   retries: number;
   retriedCodes: Record<string, number>;
+  /** Answers neither retryable nor a handler's refusal (examples/bank/src/load.ts). */
+  nonRetryable: Array<{ code: string; message: string; status?: number; nodeErrors: string[]; request: string; time: string }>;
 }
 
 /** mulberry32, as in the load client. */
-function seededRandom(seed: number): () => number {
+export function seededRandom(seed: number): () => number {
   let s = seed >>> 0;
   return () => {
     s = (s + 0x6d2b79f5) >>> 0;
@@ -77,7 +89,7 @@ function seededRandom(seed: number): () => number {
   };
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Runs one storm to its end and checks the bank; never throws for a failed check. */
 export async function runBankStorm(options: BankStormOptions): Promise<BankStormReport> {
@@ -98,52 +110,74 @@ export async function runBankStorm(options: BankStormOptions): Promise<BankStorm
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const args = ["--port", String(port), "--data-dir", dataDir, "--shards", String(options.shards), "--log-level", "warn"];
-  if (options.snapshotEvery !== undefined) args.push("--snapshot-every", String(options.snapshotEvery));
   // Every runtime's stderr, for the excerpt of a failure.
   const logs: string[] = [];
   let client: Child | undefined;
   let lastStartupMs = 300;
+  const remote = options.remote;
+  const endpointPort = remote === undefined ? 0 : await freePort();
+  const config = remote === undefined ? undefined : remoteConfig(root, { ...options, port, dataDir, endpointPort });
+  // shoal dev prints `serving <types> at <url>`, shoal serve `shoal serve: listening at <url>`.
+  const ready = remote === undefined ? /serving .* at / : /shoal serve: listening at /;
   const spawnRuntime = () => {
-    const child = start(process.execPath, [shoalBin, "dev", bankModule, ...args]);
+    const child =
+      config === undefined
+        ? start(process.execPath, [shoalBin, "dev", bankModule, ...args])
+        : start(process.execPath, [shoalBin, "serve", "--config", config]);
     child.exited.then(() => logs.push(child.stderr()));
     return child;
   };
   const serve = async () => {
     const begun = Date.now();
     runtime = spawnRuntime();
-    await runtime.waitFor(/serving .* at /, 120_000);
+    await runtime.waitFor(ready, 120_000);
     lastStartupMs = Date.now() - begun;
   };
+  let endpoint: Child | undefined;
+  const startEndpoint = async () => {
+    // node itself, not npm run: npm's sh -c would take the SIGKILL and leave the endpoint running.
+    const child = start(process.execPath, [bankEndpoint, "--port", String(endpointPort), "--host", "127.0.0.1"]);
+    endpoint = child;
+    child.exited.then(() => logs.push(child.stderr()));
+    await child.waitFor(/serving shoal\.v1\.FunctionService for bank\.v1\.Account at /, 120_000);
+  };
+  // The order of the SIGKILLs: the runtime's and the endpoint's, interleaved at random.
+  const targets: Array<"runtime" | "endpoint"> = [
+    ...Array.from({ length: stops }, () => "runtime" as const),
+    ...Array.from({ length: remote?.endpointKills ?? 0 }, () => "endpoint" as const),
+  ];
+  for (let i = targets.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [targets[i], targets[j]] = [targets[j] as "runtime" | "endpoint", targets[i] as "runtime" | "endpoint"];
+  }
 
   let stopped = 0;
+  let endpointKills = 0;
   let duringRecovery = 0;
   let diskFullCycles = 0;
   let diskFullErrors = 0;
   try {
+    if (remote !== undefined) await startEndpoint();
     await serve();
-    client = start(process.execPath, [
-      loadClient,
-      url,
-      "--accounts",
-      String(accounts),
-      "--workers",
-      String(options.workers ?? 12),
-      "--initial",
-      String(initial),
-      "--seed",
-      String(seed),
-      "--settle-ms",
-      "15000",
-    ]);
-    await client.waitFor(/"seeded"/, 120_000);
+    client = await startLoadClient([url], { accounts, workers: options.workers ?? 12, initial, seed });
 
     // With killDuringRecovery every other stop hits a runtime that was just
     // spawned, at a random moment up to its last start-up's length.
     const recovering = () => options.killDuringRecovery === true && stopped % 2 === 1;
-    while (stopped < stops) {
+    for (const target of targets) {
+      if (target === "endpoint") {
+        await sleep(150 + random() * 450);
+        endpoint?.process.kill("SIGKILL");
+        await endpoint?.exited;
+        endpointKills++;
+        // Down for a while, so that the runtime also meets refused connections, not only reset ones.
+        await sleep(random() * 500);
+        await startEndpoint();
+        continue;
+      }
       if (recovering()) {
         await sleep(random() * Math.max(300, lastStartupMs * 1.2));
-        if (!/serving .* at /.test(runtime?.stdout() ?? "")) duringRecovery++;
+        if (!ready.test(runtime?.stdout() ?? "")) duringRecovery++;
       } else {
         await sleep(150 + random() * 450);
       }
@@ -185,22 +219,17 @@ export async function runBankStorm(options: BankStormOptions): Promise<BankStorm
     // The fault is gone: let the client run against a healthy runtime, then drain.
     if (runtime?.process.exitCode !== null || runtime.process.signalCode !== null) await serve();
     await sleep(1000);
-    client.process.kill("SIGTERM");
-    await client.exited;
-    const summaryLine = client
-      .stdout()
-      .split("\n")
-      .find((line) => line.startsWith('{"summary"'));
-    if (summaryLine === undefined) throw new Error(`the load client printed no summary; stderr:\n${client.stderr()}`);
-    const load = JSON.parse(summaryLine).summary as LoadSummary;
+    const load = await stopLoadClient(client);
     const { balanceTotal, checkFailures, suspects } = await checkBank(url, accounts, initial, load);
-    failures.push(...checkFailures);
+    failures.push(...checkFailures, ...checkAnswers(options.name, load));
 
     const summary =
-      `storm ${options.name} (seed ${seed}): ${options.shards} shards, snapshot every ${options.snapshotEvery ?? "10000"}, ` +
+      `storm ${options.name} (seed ${seed}): ${options.shards} shards, ` +
+      `${remote === undefined ? "" : `remote functions, ${endpointKills} endpoint SIGKILLs, `}` +
       `${stopped} ${signal}s (${duringRecovery} before it served), ${diskFullCycles} disk-full cycles${disk === undefined ? "" : ` on a ${disk.how}`} (${diskFullErrors} write errors logged), ` +
       `${load.acknowledged.length} transfers acknowledged, ${load.retries} retries (${JSON.stringify(load.retriedCodes)}), ` +
       `${load.refused.length} refused (${summarize(load.refused)}), ${load.abandoned.length} abandoned, ` +
+      `${load.nonRetryable.length} non-retryable answers, ` +
       `total balance ${balanceTotal} of ${accounts * initial}: ${failures.length === 0 ? "ok" : `${failures.length} checks FAILED`}`;
     process.stdout.write(`${summary}\n`);
     if (failures.length > 0) {
@@ -210,10 +239,110 @@ export async function runBankStorm(options: BankStormOptions): Promise<BankStorm
   } finally {
     client?.process.kill("SIGKILL");
     runtime?.process.kill("SIGKILL");
+    endpoint?.process.kill("SIGKILL");
     await runtime?.exited;
+    await endpoint?.exited;
     disk?.dispose();
     rmSync(root, { recursive: true, force: true });
   }
+}
+
+/**
+ * Remote mode's shoal.yaml (and the bank's descriptor set beside it), with
+ * the same shards and snapshots as the embedded storm's flags. The endpoint's
+ * retries outlast its restart, so a SIGKILL costs a message time, not a
+ * dead letter; 10 attempts of 3 s plus the backoff stay below the default
+ * invokeTimeoutMs (60 s), as the config requires.
+ */
+function remoteConfig(root: string, o: BankStormOptions & { port: number; dataDir: string; endpointPort: number }): string {
+  const descriptors = join(root, "bank.binpb");
+  execFileSync(
+    join(repoRoot, "node_modules/.bin/buf"),
+    ["build", "--path", "examples/bank/proto/bank/v1/account.proto", "-o", descriptors],
+    { cwd: repoRoot, stdio: "pipe" },
+  );
+  const path = join(root, "shoal.yaml");
+  writeFileSync(
+    path,
+    `shards: ${o.shards}
+ingress: { port: ${o.port} }
+storage: { directory: ${JSON.stringify(o.dataDir)} }
+${o.snapshotEvery === undefined ? "" : `snapshotEvery: ${o.snapshotEvery}\n`}functions:
+  descriptors: ${JSON.stringify(descriptors)}
+  remote:
+    - type: bank.v1.Account
+      url: "http://127.0.0.1:${o.endpointPort}"
+      timeoutMs: 3000
+      maxConcurrent: 16
+      maxBatch: 8
+      retry: { maxAttempts: 10, initialDelayMs: 100, maxDelayMs: 1000 }
+log: { level: warn }
+`,
+  );
+  return path;
+}
+
+/**
+ * Starts the load client on these ingresses (round-robin) and waits until it
+ * seeded the accounts; it retries a transfer until `settleMs` (default 15 s)
+ * after its SIGTERM. `acyclic`: no two transfers in flight form a cycle of
+ * calls (the load client's --acyclic).
+ */
+/** How long the load client retries a transfer after its SIGTERM, unless a storm says otherwise, in ms. */
+export const settleMs = 15_000;
+
+export async function startLoadClient(
+  urls: readonly string[],
+  o: { accounts: number; workers: number; initial: number; seed: number; acyclic?: boolean; settleMs?: number },
+): Promise<Child> {
+  const client = start(process.execPath, [
+    loadClient,
+    urls.join(","),
+    "--accounts",
+    String(o.accounts),
+    "--workers",
+    String(o.workers),
+    "--initial",
+    String(o.initial),
+    "--seed",
+    String(o.seed),
+    "--settle-ms",
+    // SHOAL_STORM_SETTLE_MS: longer, to tell a transfer that recovers slowly from one that never does.
+    process.env.SHOAL_STORM_SETTLE_MS ?? String(o.settleMs ?? settleMs),
+    ...(o.acyclic === true ? ["--acyclic"] : []),
+  ]);
+  await client.waitFor(/"seeded"/, 120_000);
+  return client;
+}
+
+/** Stops the load client (it finishes its transfers in flight) and reads its summary. */
+export async function stopLoadClient(client: Child): Promise<LoadSummary> {
+  client.process.kill("SIGTERM");
+  await client.exited;
+  const summaryLine = client
+    .stdout()
+    .split("\n")
+    .find((line) => line.startsWith('{"summary"'));
+  if (summaryLine === undefined) throw new Error(`the load client printed no summary; stderr:\n${client.stderr()}`);
+  return JSON.parse(summaryLine).summary as LoadSummary;
+}
+
+/**
+ * A stop or a crash is transient (DESIGN §7): the client must get a code it
+ * may retry, even though the load client retries whatever it gets. Prints
+ * each other answer and returns the failure, if any.
+ */
+export function checkAnswers(name: string, load: LoadSummary): string[] {
+  for (const n of load.nonRetryable) {
+    const source = `${n.status === undefined ? "no HTTP response" : `HTTP ${n.status}`}${n.nodeErrors.length > 0 ? `, ${n.nodeErrors.join(" < ")}` : ""}`;
+    process.stdout.write(`storm ${name}: non-retryable ${n.code} for ${n.request} at ${n.time} (${source}): ${n.message}\n`);
+  }
+  if (load.nonRetryable.length === 0) return [];
+  const byMessage = new Map<string, number>();
+  for (const n of load.nonRetryable) byMessage.set(`${n.code}: ${n.message}`, (byMessage.get(`${n.code}: ${n.message}`) ?? 0) + 1);
+  return [
+    `retryable codes: the client got ${load.nonRetryable.length} answers that are neither retryable nor a handler's refusal: ${[...byMessage].map(([m, k]) => `${k}x ${m}`).join("; ")}`,
+  ];
 }
 
 /**
@@ -222,7 +351,7 @@ export async function runBankStorm(options: BankStormOptions): Promise<BankStorm
  * unknown to the client, money is conserved, and no transfer was left without
  * a definitive answer once the fault was gone.
  */
-async function checkBank(
+export async function checkBank(
   url: string,
   accounts: number,
   initial: number,
@@ -277,7 +406,7 @@ async function checkBank(
     const byError = new Map<string, number>();
     for (const t of load.abandoned) byError.set(t.lastError, (byError.get(t.lastError) ?? 0) + 1);
     failures.push(
-      `no key left failing: ${load.abandoned.length} transfers still had no definitive answer 15 s after the fault was gone; last errors: ${[...byError].map(([e, n]) => `${n}x ${e}`).join("; ")}; e.g. ${load.abandoned
+      `no key left failing: ${load.abandoned.length} transfers still had no definitive answer within the load client's settle time (--settle-ms) after the fault was gone; last errors: ${[...byError].map(([e, n]) => `${n}x ${e}`).join("; ")}; e.g. ${load.abandoned
         .slice(0, 5)
         .map((t) => t.id)
         .join(", ")}`,
@@ -365,7 +494,7 @@ function smallDisk(
  * names a keyed request's invocation after its idempotency key (ingress.ts),
  * and its calls' ids start with it. The last lines when none match.
  */
-function logExcerpt(log: string, suspects: Transfer[]): string {
+export function logExcerpt(log: string, suspects: Transfer[]): string {
   const invocations = suspects.slice(0, 20).map((t) => {
     const hash = createHash("sha256").update(`bank.v1.Account\u0000${t.from}\u0000Transfer\u0000${t.id}`).digest("base64url");
     return { id: t.id, invocation: `k-${hash}` };
@@ -377,7 +506,7 @@ function logExcerpt(log: string, suspects: Transfer[]): string {
   return `runtime log, lines about the failed transfers (${names}):\n${tail(lines.join("\n"), 20)}`;
 }
 
-function tail(text: string, lines = 15): string {
+export function tail(text: string, lines = 15): string {
   return text
     .trimEnd()
     .split("\n")
@@ -386,7 +515,7 @@ function tail(text: string, lines = 15): string {
     .join("\n");
 }
 
-function summarize(refused: Array<{ code: string; message: string }>): string {
+export function summarize(refused: Array<{ code: string; message: string }>): string {
   const counts = new Map<string, number>();
   for (const r of refused) {
     const reason = r.message.startsWith("call cycle") ? "call cycle" : r.code === "FailedPrecondition" ? "insufficient funds" : r.code;

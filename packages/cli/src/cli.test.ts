@@ -135,7 +135,7 @@ describe("shoal serve", () => {
     expect(stderr).toBe(`shoal: ${path}: ingress.port: expected an integer from 0 to 65535, got 99999\n`);
   });
 
-  it("exits 1 on invalid YAML, a missing file and a config without functions.module", async () => {
+  it("exits 1 on invalid YAML, a missing file and a config without functions.module or functions.remote", async () => {
     const yaml = await run(["serve", "--config", writeFile("broken.yaml", "shards: [1\n")]);
     expect(yaml.code).toBe(1);
     expect(yaml.stderr).toContain("broken.yaml: not valid YAML");
@@ -147,7 +147,9 @@ describe("shoal serve", () => {
     const path = writeFile("no-module.yaml", "storage: { backend: memory }\n");
     const noModule = await run(["serve", "--config", path]);
     expect(noModule.code).toBe(1);
-    expect(noModule.stderr).toBe(`shoal: ${path}: functions.module: required (the file to run)\n`);
+    expect(noModule.stderr).toBe(
+      `shoal: ${path}: functions: required: functions.module (a module file to run here) or functions.remote (endpoints that serve the functions)\n`,
+    );
   });
 
   it("reads shoal.yaml from the working directory by default", async () => {
@@ -200,7 +202,13 @@ describe("shoal serve", () => {
     });
     expect(await run(["state", "list", "greeter.v1.Greeter", "--url", url as string])).toMatchObject({ code: 0, stdout: "ann\njoe\n" });
     const paged = await run(["state", "list", "greeter.v1.Greeter", "--limit", "1", "--url", url as string]);
-    expect(paged).toMatchObject({ code: 0, stdout: "ann\n", stderr: '(more: shoal state list greeter.v1.Greeter --after "ann")\n' });
+    expect(paged).toMatchObject({
+      code: 0,
+      stdout: "ann\n",
+      stderr: '(more: shoal state list greeter.v1.Greeter --after "ann", or --all)\n',
+    });
+    const all = await run(["state", "list", "greeter.v1.Greeter", "--limit", "1", "--all", "--url", url as string]);
+    expect(all).toMatchObject({ code: 0, stdout: "ann\njoe\n", stderr: "" });
     const none = await run(["state", "get", "greeter.v1.Greeter", "nobody", "--url", url as string]);
     expect(none).toMatchObject({ code: 1, stderr: 'shoal: greeter.v1.Greeter "nobody" has no state\n' });
     const unknown = await run(["state", "list", "shop.v1.Nothing", "--url", url as string]);

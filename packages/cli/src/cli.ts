@@ -7,6 +7,7 @@ import { headers as shoalHeaders } from "@shoal/sdk";
 import { Admin } from "@shoal/sdk/internal";
 import { Command, InvalidArgumentError } from "commander";
 import { importWithTypeScript, loadModule, missingHandlers } from "./load-module.js";
+import { statusJson, statusText } from "./status-format.js";
 
 function intArg(value: string): number {
   const n = Number(value);
@@ -85,7 +86,6 @@ export function createCli(): Command {
     .option("-d, --data-dir <dir>", "where the local store keeps its files", defaults.storage.directory)
     .option("--shards <n>", "number of shards", intArg, defaults.shards)
     .option("--memory", "keep state in memory only (lost on exit)")
-    .option("--snapshot-every <records>", "records after which a shard writes a snapshot", intArg, defaults.snapshotEvery)
     .option("--max-request-bytes <bytes>", "largest request body the ingress accepts", intArg, defaults.ingress.maxRequestBytes)
     .option("--allow-missing-handlers", "start even if the module lacks handlers; they answer Unimplemented")
     .option("--log-level <level>", "debug, info, warn, error or silent", defaults.logLevel)
@@ -95,7 +95,6 @@ export function createCli(): Command {
           shards: opts.shards,
           ingress: { host: opts.host, port: opts.port, maxRequestBytes: opts.maxRequestBytes },
           storage: opts.memory ? { backend: "memory" } : { backend: "local", directory: resolve(opts.dataDir) },
-          snapshotEvery: opts.snapshotEvery,
           log: { level: opts.logLevel },
         });
         const functions = await loadModule(resolve(modulePath));
@@ -165,25 +164,15 @@ export function createCli(): Command {
 
   program
     .command("status")
-    .description("the node's shards: instances, pending messages (lag), undelivered outbox, storage group commits")
+    .description(
+      "the node's shards: instances, pending messages (lag), undelivered outbox, storage group commits; on the nats backend, its NATS connection and every live node of the cluster with its shards, lease epochs and lag",
+    )
     .option("-u, --url <url>", "the runtime's address", defaultUrl)
+    .option("--json", "print the status as JSON (protobuf's canonical JSON of shoal.v1.StatusResponse)")
     .action(async (opts) => {
       try {
         const status = await askAdmin(opts.url, (admin) => admin.status({}));
-        const rows = status.shardStatus;
-        const sum = (field: "instances" | "pending" | "outbox" | "memos") => rows.reduce((total, r) => total + r[field], 0);
-        const lines = [
-          `node ${status.node}: ${rows.length} of ${status.shards} shards open; functions: ${status.functions.join(", ")}`,
-          `instances ${sum("instances")}, pending ${sum("pending")}, undelivered outbox ${sum("outbox")}, memos ${sum("memos")}`,
-          `storage: ${status.storageGroups} group commits covering ${status.storageRecords} records, ${status.storageBytes} bytes`,
-          "shard  epoch  sequence  instances  pending  outbox",
-          ...rows.map((r) =>
-            [r.shard, r.epoch, r.sequence, r.instances, r.pending, r.outbox]
-              .map((v, i) => String(v).padStart([5, 6, 9, 10, 8, 7][i] ?? 0))
-              .join(" "),
-          ),
-        ];
-        process.stdout.write(`${lines.join("\n")}\n`);
+        process.stdout.write(opts.json ? `${statusJson(status)}\n` : statusText(status, Date.now()));
       } catch (err) {
         fail(err);
       }
@@ -224,17 +213,43 @@ export function createCli(): Command {
     });
   state
     .command("list")
-    .description("the keys of a function type's instances, one a line")
+    .description("the keys of a function type's instances, one a line, in key order, a page at a time")
     .argument("<function>", "the function type, e.g. shop.v1.Cart")
     .option("-u, --url <url>", "the runtime's address", defaultUrl)
-    .option("-n, --limit <n>", "at most this many keys", intArg, defaults.adminListLimit)
+    .option("-n, --limit <n>", "at most this many keys (with --all: per page)", intArg, defaults.adminListLimit)
     .option("--after <key>", "only keys after this one (paging)", "")
+    .option("--all", "every key: follow the pages to the end")
     .action(async (fn: string, opts) => {
       try {
-        const res = await askAdmin(opts.url, (admin) => admin.listInstances({ function: fn, limit: opts.limit, after: opts.after }));
-        const keys = res.keys;
-        process.stdout.write(keys.map((k) => `${k}\n`).join(""));
-        if (res.more) process.stderr.write(`(more: shoal state list ${fn} --after ${JSON.stringify(keys.at(-1) ?? "")})\n`);
+        let after: string = opts.after;
+        for (;;) {
+          const res = await askAdmin(opts.url, (admin) => admin.listInstances({ function: fn, limit: opts.limit, after }));
+          const keys = res.keys;
+          process.stdout.write(keys.map((k) => `${k}\n`).join(""));
+          const last = keys.at(-1);
+          if (!res.more || last === undefined) break;
+          if (opts.all !== true) {
+            process.stderr.write(`(more: shoal state list ${fn} --after ${JSON.stringify(last)}, or --all)\n`);
+            break;
+          }
+          after = last;
+        }
+      } catch (err) {
+        fail(err);
+      }
+    });
+
+  program
+    .command("storage")
+    .description("the node's data directory")
+    .command("backup")
+    .description("copy a running node's store into a directory on its machine, consistent as of one moment, while it serves")
+    .argument("<directory>", "a new or empty directory on the node's machine (relative: to the node's working directory)")
+    .option("-u, --url <url>", "the runtime's address", defaultUrl)
+    .action(async (directory: string, opts) => {
+      try {
+        const res = await askAdmin(opts.url, (admin) => admin.backup({ directory }));
+        process.stdout.write(`copied ${res.bytes} bytes to ${res.directory}\n`);
       } catch (err) {
         fail(err);
       }

@@ -1,6 +1,7 @@
 // The one table of defaults (packages/runtime/src/config/defaults.ts): what
 // `shoal dev --help` shows, what an empty shoal.yaml gives and what
 // createRuntime uses must be the table's values, so none can drift alone.
+import { hostname } from "node:os";
 import { createMemoryStorage, createRuntime, defaults, validateConfig } from "@shoal/runtime";
 import type { Command } from "commander";
 import { describe, expect, it } from "vitest";
@@ -21,7 +22,6 @@ describe("the table of defaults", () => {
     expect(help).toContain(`--host <host> ingress interface (default: "${defaults.ingress.host}")`);
     expect(help).toContain(`--data-dir <dir> where the local store keeps its files (default: "${defaults.storage.directory}")`);
     expect(help).toContain(`--shards <n> number of shards (default: ${defaults.shards})`);
-    expect(help).toContain(`--snapshot-every <records> records after which a shard writes a snapshot (default: ${defaults.snapshotEvery})`);
     expect(help).toContain(
       `--max-request-bytes <bytes> largest request body the ingress accepts (default: ${defaults.ingress.maxRequestBytes})`,
     );
@@ -42,16 +42,17 @@ describe("the table of defaults", () => {
       shards: defaults.shards,
       ingress: { ...defaults.ingress },
       storage: { backend: defaults.storage.backend, directory: `/srv/app/${defaults.storage.directory}`, fsync: defaults.storage.fsync },
-      functions: { module: undefined },
+      cluster: { nodeId: hostname().replace(/[^A-Za-z0-9_-]/g, "-"), leaseMs: defaults.cluster.leaseMs },
+      functions: { module: undefined, descriptors: undefined, remote: [] },
       retry: { ...defaults.retry },
       memoRetentionMs: defaults.memoRetentionMs,
       invokeTimeoutMs: defaults.invokeTimeoutMs,
-      snapshotEvery: defaults.snapshotEvery,
-      snapshotLogBytes: defaults.snapshotLogBytes,
-      snapshotAfterMs: defaults.snapshotAfterMs,
+      instanceCacheSize: defaults.instanceCacheSize,
+      instanceIdleMs: defaults.instanceIdleMs,
       maxConcurrentInvocations: defaults.maxConcurrentInvocations,
       egress: {},
       log: { level: defaults.logLevel },
+      warnings: [],
     });
   });
 

@@ -75,6 +75,10 @@ function packageJson(name: string, from: string | undefined): string {
       typecheck: "tsc --noEmit",
       test: "vitest run",
       dev: "shoal dev src/module.ts",
+      build: "tsc",
+      // Built JavaScript, as an endpoint runs in production; node itself (not
+      // a wrapper) gets the signals, so SIGTERM closes it gracefully.
+      "serve-functions": "tsc && node dist/serve-functions.js",
     },
     dependencies: {
       ...pick(["@shoal/sdk", "@shoal/runtime"], shoal),
@@ -182,6 +186,16 @@ import { CounterFunction } from "./gen/hello/v1/counter_shoal.js";
 export default module(implement(CounterFunction, counter));
 `;
 
+const serveFunctionsTs = `// npm run serve-functions: these functions as a remote function endpoint
+// (shoal.v1.FunctionService over HTTP/2) for a runtime whose shoal.yaml lists
+// it under functions.remote. --port or PORT (default 9080), --host or HOST;
+// SHOAL_TLS_CERT, SHOAL_TLS_KEY, SHOAL_TLS_CA and SHOAL_BEARER_TOKEN secure it.
+import { runFunctionEndpoint } from "@shoal/sdk/serve";
+import functions from "./module.js";
+
+await runFunctionEndpoint(functions);
+`;
+
 const counterTestTs = `import { createTestEnv } from "@shoal/testing";
 import { expect, it } from "vitest";
 import { CounterFunction } from "./gen/hello/v1/counter_shoal.js";
@@ -218,6 +232,22 @@ npm test
 npm run dev         # serves at http://127.0.0.1:8080, state in .shoal/
 curl -s http://127.0.0.1:8080/hello.v1.Counter/Add -H 'content-type: application/json' -d '{"name":"ada","delta":2}'
 \`\`\`
+
+To run the functions apart from the runtime (remote functions),
+\`npm run serve-functions\` serves them at http://127.0.0.1:9080, and a runtime
+with no code of yours calls them:
+
+\`\`\`sh
+npx buf build -o functions.binpb    # the function types, for the runtime
+cat > shoal.yaml <<'YAML'
+functions:
+  descriptors: ./functions.binpb
+  remote:
+    - package: hello.v1
+      url: http://127.0.0.1:9080
+YAML
+npx shoal serve --config shoal.yaml # serves at http://127.0.0.1:8080, state in .shoal/
+\`\`\`
 `;
 
 /** The files `init` writes, by path inside the project. */
@@ -232,6 +262,7 @@ export function projectFiles(name: string, options: InitOptions = {}): Record<st
     "proto/hello/v1/counter.proto": counterProto,
     "src/counter.ts": counterTs,
     "src/module.ts": moduleTs,
+    "src/serve-functions.ts": serveFunctionsTs,
     "src/counter.test.ts": counterTestTs,
   };
 }

@@ -4,8 +4,8 @@ export type { Runtime } from "./runtime.js";
 export type { RuntimeOptions } from "./node/runtime.js";
 export { listen } from "./http/server.js";
 export type { ListenOptions, RuntimeServer } from "./http/server.js";
-export { createLocalStorage } from "./storage/local/local-storage.js";
-export type { LocalStorageOptions } from "./storage/local/local-storage.js";
+export { createLocalShardStorage as createLocalStorage } from "./storage/local/lmdb-storage.js";
+export type { LocalShardStorageOptions as LocalStorageOptions } from "./storage/local/lmdb-storage.js";
 /** The memory store: for unit tests only, it keeps nothing across restarts. */
 export { createMemoryStorage } from "./storage/memory/memory-storage.js";
 export { startNode, loadModule } from "./run-node.js";
@@ -14,7 +14,8 @@ export { serveConfig, serveUntilSignal } from "./serve.js";
 export type { ServeConfigOptions, ServeOptions } from "./serve.js";
 export { installProcessGuard } from "./observe/process-guard.js";
 export { loadConfig, validateConfig, ConfigError } from "./config/config.js";
-export type { ShoalConfig } from "./config/config.js";
+export type { RemoteEndpointConfig, ShoalConfig } from "./config/config.js";
+export type { RemoteFunctionsOptions } from "./invoker/remote-functions.js";
 export { defaults } from "./config/defaults.js";
 export { createStdoutEgress } from "./egress/egress.js";
 export type { Egress } from "./egress/egress.js";
@@ -30,4 +31,14 @@ export type { Delivery, NodeEndpoint, NodeTransport, ReplyOutcome, ShardDirector
 
 // for runtime and plugin authors
 export { StorageError, FencedError, RecordEncodingError, encodeRecords } from "./storage/storage.js";
-export type { AppendResult, RecoveredShard, SequencedRecord, ShardLog, StorageBackend, StorageStats } from "./storage/storage.js";
+export { shardTables } from "./storage/shard-store.js";
+export type {
+  RangeOptions,
+  ShardStorage,
+  ShardStore,
+  ShardTable,
+  StorageStats,
+  TableChange,
+  TableEntry,
+  WriteResult,
+} from "./storage/shard-store.js";

@@ -34,8 +34,13 @@ describe("@shoal/runtime's package", () => {
   it("depends on what a serving node needs, not on the CLI's tooling", () => {
     expect(Object.keys(manifest.dependencies).sort()).toEqual([
       "@connectrpc/connect-node",
+      "@nats-io/jetstream",
+      "@nats-io/kv",
+      "@nats-io/obj",
+      "@nats-io/transport-node",
       "@shoal/sdk",
       "fs-ext",
+      "lmdb",
       "pino",
       "prom-client",
       "yaml",

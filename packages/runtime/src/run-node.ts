@@ -1,10 +1,24 @@
+import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
-import { isModule, type ShoalModule } from "@shoal/sdk";
-import type { ShoalConfig } from "./config/config.js";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { type Implementation, isModule, type ShoalModule } from "@shoal/sdk";
+import { createClusterStatusReader } from "./cluster/cluster-status.js";
+import { createLeaseDirectory, type LeaseDirectory } from "./cluster/lease-directory.js";
+import { createNatsTransport } from "./cluster/nats-transport.js";
+import { type ShardCoordinator, startShardCoordinator } from "./cluster/shard-coordinator.js";
+import { createShardLeases, type ShardLeases } from "./cluster/shard-lease.js";
+import { ConfigError, type ShoalConfig } from "./config/config.js";
 import { listen, type RuntimeServer } from "./http/server.js";
+import { createShardOwnership } from "./node/ownership.js";
+import type { NodeTransport } from "./node/router.js";
+import type { RuntimeOptions } from "./node/runtime.js";
 import { createRuntime, type Runtime } from "./runtime.js";
-import { createLocalStorage } from "./storage/local/local-storage.js";
+import { createLocalShardStorage as createLocalStorage } from "./storage/local/lmdb-storage.js";
 import { createMemoryStorage } from "./storage/memory/memory-storage.js";
+import { connectToNats, createNatsShardStorage } from "./storage/nats/nats-shard-storage.js";
+import { createShardInputs } from "./storage/nats/shard-inputs.js";
+import type { ShardStorage } from "./storage/shard-store.js";
+import { StorageError } from "./storage/storage.js";
 
 /**
  * Imports a module file by its `file:` URL. The default is Node's own
@@ -56,24 +70,112 @@ export interface StartNodeOptions {
   readonly anyEgressToStdout?: boolean;
 }
 
-/** Starts a node as `shoal dev` and `shoal serve` do. */
-export async function startNode(config: ShoalConfig, functions: ShoalModule, options: StartNodeOptions = {}): Promise<RunningNode> {
-  const storage =
-    config.storage.backend === "memory"
-      ? createMemoryStorage()
-      : await createLocalStorage({ directory: config.storage.directory, fsync: config.storage.fsync });
+/** The node's storage as `shoal.yaml` selects it; the runtime closes it on stop. */
+async function openStorage(storage: ShoalConfig["storage"], cluster: Cluster | undefined): Promise<ShardStorage> {
+  switch (storage.backend) {
+    case "memory":
+      return createMemoryStorage();
+    case "local":
+      return createLocalStorage({ directory: storage.directory, fsync: storage.fsync });
+    case "nats":
+      try {
+        return await createNatsShardStorage({
+          connection: cluster?.connection,
+          servers: storage.servers,
+          directory: storage.directory,
+          replicas: storage.replicas,
+        });
+      } catch (err) {
+        throw natsUnreachable(storage.servers, err);
+      }
+  }
+}
+
+function natsUnreachable(servers: readonly string[], err: unknown): StorageError {
+  return new StorageError(
+    `storage: cannot open the nats backend on ${servers.join(", ")} (is nats-server running there with JetStream, -js? check storage.servers): ${(err as Error).message}`,
+  );
+}
+
+/** What a node on the `nats` backend runs besides its storage: one NATS connection, its leases, the directory of owners, the transport. */
+interface Cluster {
+  readonly connection: NatsConnection;
+  readonly leases: ShardLeases;
+  readonly directory: LeaseDirectory;
+  readonly transport: NodeTransport;
+  close(): Promise<void>;
+}
+
+async function joinCluster(config: ShoalConfig): Promise<Cluster | undefined> {
+  const { storage, cluster } = config;
+  if (storage.backend !== "nats") return undefined;
+  let connection: NatsConnection;
+  try {
+    connection = await connectToNats([...storage.servers]);
+  } catch (err) {
+    throw natsUnreachable(storage.servers, err);
+  }
+  try {
+    const leases = await createShardLeases({ connection, owner: cluster.nodeId, ttlMs: cluster.leaseMs, replicas: storage.replicas });
+    const directory = await createLeaseDirectory({ connection });
+    return {
+      connection,
+      leases,
+      directory,
+      transport: createNatsTransport({ connection }),
+      async close() {
+        directory.close();
+        await connection.close().catch(() => {});
+      },
+    };
+  } catch (err) {
+    await connection.close().catch(() => {});
+    throw natsUnreachable(storage.servers, err);
+  }
+}
+
+/**
+ * Starts a node as `shoal dev` and `shoal serve` do: `functions` run in this
+ * process, the config's `functions.remote` in their endpoints.
+ */
+export async function startNode(
+  config: ShoalConfig,
+  functions: ShoalModule | readonly Implementation[],
+  options: StartNodeOptions = {},
+): Promise<RunningNode> {
+  const { descriptors, remote: endpoints } = config.functions;
+  let remote: RuntimeOptions["remote"];
+  if (endpoints.length > 0 && descriptors !== undefined) {
+    let bytes: Uint8Array;
+    try {
+      bytes = readFileSync(descriptors);
+    } catch (err) {
+      throw new ConfigError(
+        `functions.descriptors: cannot read the descriptor set ${descriptors} (make it with \`buf build -o functions.binpb\`): ${(err as Error).message}`,
+      );
+    }
+    remote = { descriptors: bytes, descriptorsSource: descriptors, endpoints };
+  }
+  const cluster = await joinCluster(config);
+  let storage: ShardStorage;
+  try {
+    storage = await openStorage(config.storage, cluster);
+  } catch (err) {
+    await cluster?.close();
+    throw err;
+  }
   let runtime: Runtime;
   try {
     runtime = createRuntime({
       functions,
+      remote,
       storage,
       shards: config.shards,
       retry: config.retry,
       memoRetentionMs: config.memoRetentionMs,
       invokeTimeoutMs: config.invokeTimeoutMs,
-      snapshotEvery: config.snapshotEvery,
-      snapshotLogBytes: config.snapshotLogBytes,
-      snapshotAfterMs: config.snapshotAfterMs,
+      instanceCacheSize: config.instanceCacheSize,
+      instanceIdleMs: config.instanceIdleMs,
       maxConcurrentInvocations: config.maxConcurrentInvocations,
       maxRequestBytes: config.ingress.maxRequestBytes,
       ignoreUnknownJsonFields: config.ingress.ignoreUnknownJsonFields,
@@ -81,27 +183,68 @@ export async function startNode(config: ShoalConfig, functions: ShoalModule, opt
       egress: Object.fromEntries(Object.keys(config.egress).map((name) => [name, "stdout" as const])),
       defaultEgress: options.anyEgressToStdout ? "stdout" : undefined,
       logger: config.log.level,
+      // In cluster mode the node starts with no shard and takes its share through leases.
+      ...(cluster === undefined
+        ? {}
+        : {
+            nodeId: config.cluster.nodeId,
+            ownership: createShardOwnership([]),
+            directory: cluster.directory,
+            transport: cluster.transport,
+            // One-way messages go through the inputs stream, so a send to a shard whose owner is down is accepted.
+            inbox: createShardInputs({
+              connection: cluster.connection,
+              replicas: config.storage.backend === "nats" ? config.storage.replicas : undefined,
+              logger: {
+                warn: (message, fields) => runtime.logger.warn(message, fields),
+                error: (message, fields) => runtime.logger.error(message, fields),
+              },
+            }),
+          }),
     });
   } catch (err) {
     await storage.close().catch(() => {});
+    await cluster?.close();
     throw err;
   }
   // A node that fails to start releases what it took (the local store's lock, the shards), so the caller may retry.
-  let server: RuntimeServer;
+  for (const warning of config.warnings) runtime.logger.warn(`shoal.yaml: ${warning}`);
+  let server: RuntimeServer | undefined;
+  let coordinator: ShardCoordinator | undefined;
   try {
     await runtime.start();
     const { host, port, headersTimeoutMs, idleTimeoutMs, shutdownGraceMs } = config.ingress;
-    server = await listen(runtime, { host, port, headersTimeoutMs, idleTimeoutMs, shutdownGraceMs });
+    const clusterStatus =
+      cluster === undefined ? undefined : createClusterStatusReader({ connection: cluster.connection, shards: config.shards });
+    server = await listen(runtime, { host, port, headersTimeoutMs, idleTimeoutMs, shutdownGraceMs, clusterStatus });
+    if (cluster !== undefined) {
+      coordinator = await startShardCoordinator({
+        connection: cluster.connection,
+        runtime,
+        leases: cluster.leases,
+        directory: cluster.directory,
+        ingress: server.url,
+        leaseMs: config.cluster.leaseMs,
+        replicas: config.storage.backend === "nats" ? config.storage.replicas : undefined,
+        logger: runtime.logger,
+      });
+    }
   } catch (err) {
+    await server?.close().catch(() => {});
     await runtime.close().catch(() => {});
+    await cluster?.close();
     throw err;
   }
+  const listening = server;
   return {
     runtime,
-    server,
+    server: listening,
     async close() {
-      await server.close();
+      await listening.close();
+      // Shards and leases released before the runtime closes: other nodes take them at once, not after expiry.
+      await coordinator?.stop();
       await runtime.close();
+      await cluster?.close();
     },
   };
 }

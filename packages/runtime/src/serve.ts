@@ -1,5 +1,5 @@
 import { parseArgs } from "node:util";
-import type { ShoalModule } from "@shoal/sdk";
+import type { Implementation, ShoalModule } from "@shoal/sdk";
 import { ConfigError, loadConfig, type ShoalConfig } from "./config/config.js";
 import { installProcessGuard } from "./observe/process-guard.js";
 import { loadModule, type ModuleImporter, type RunningNode, type StartNodeOptions, startNode } from "./run-node.js";
@@ -16,7 +16,11 @@ export interface ServeOptions extends StartNodeOptions {
  * Starts a node, installs the process guard, and on SIGINT or SIGTERM closes
  * it (requests in flight finish, the store is closed) and exits 0.
  */
-export async function serveUntilSignal(config: ShoalConfig, functions: ShoalModule, options: ServeOptions): Promise<RunningNode> {
+export async function serveUntilSignal(
+  config: ShoalConfig,
+  functions: ShoalModule | readonly Implementation[],
+  options: ServeOptions,
+): Promise<RunningNode> {
   const node = await startNode(config, functions, options);
   installProcessGuard(node.runtime.logger);
   process.stdout.write(options.banner(node.server.url));
@@ -46,12 +50,18 @@ export interface ServeConfigOptions {
 
 /**
  * Serves a node as the `shoal.yaml` at `configPath` configures it, until
- * SIGINT or SIGTERM: what `shoal-node` and `shoal serve` do.
+ * SIGINT or SIGTERM: what `shoal-node` and `shoal serve` do. Its functions
+ * run in this process (`functions.module`), in remote endpoints
+ * (`functions.remote`, no user code here), or both.
  */
 export async function serveConfig(configPath: string, options: ServeConfigOptions): Promise<RunningNode> {
   const config = loadConfig(configPath);
-  if (config.functions.module === undefined) throw new ConfigError(`${configPath}: functions.module: required (the file to run)`);
-  const functions = await loadModule(config.functions.module, options.importModule);
+  if (config.functions.module === undefined && config.functions.remote.length === 0) {
+    throw new ConfigError(
+      `${configPath}: functions: required: functions.module (a module file to run here) or functions.remote (endpoints that serve the functions)`,
+    );
+  }
+  const functions = config.functions.module === undefined ? [] : await loadModule(config.functions.module, options.importModule);
   return serveUntilSignal(config, functions, {
     banner: (url) => `${options.command}: listening at ${url}\n`,
     onCloseError: options.onCloseError,
@@ -66,8 +76,10 @@ function describe(err: unknown): string {
 const usage = `Usage: shoal-node [--config <file>]
 
 Serves a node as the config file (default shoal.yaml) configures it, until
-SIGINT or SIGTERM: the container's entry point. functions.module must be
-JavaScript; @shoal/cli's \`shoal serve\` also loads TypeScript.
+SIGINT or SIGTERM: the container's entry point. Its functions run in remote
+endpoints (functions.remote, with functions.descriptors), in this process
+(functions.module, which must be JavaScript; @shoal/cli's \`shoal serve\` also
+loads TypeScript), or both.
 `;
 
 /** The `shoal-node` command (bin/shoal-node.js): `shoal-node [-c|--config shoal.yaml]`. */

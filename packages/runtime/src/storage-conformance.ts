@@ -2,5 +2,5 @@
 // any package runs it in its own vitest tests (vitest is an optional peer
 // dependency of @shoal/runtime, needed only by this entry point).
 
-export type { StorageCapabilities, StorageUnderTest } from "./storage/storage.conformance.js";
-export { describeStorageConformance } from "./storage/storage.conformance.js";
+export type { ShardStorageCapabilities, ShardStorageUnderTest } from "./storage/shard-storage.conformance.js";
+export { describeShardStorageConformance } from "./storage/shard-storage.conformance.js";

@@ -47,6 +47,16 @@ export function callResultId(callEnvelopeId: string): string {
 }
 
 /**
+ * The id of a kept call result sent again, because a copy of its call came
+ * after the call committed (the caller ran again and may not have it):
+ * `callEnvelopeId:r@atMs`. Unlike `callResultId`, a new id each time, so
+ * that a stream which drops a repeated message id keeps each one.
+ */
+export function resentCallResultId(callEnvelopeId: string, atMs: number): string {
+  return `${callEnvelopeId}:r@${atMs}`;
+}
+
+/**
  * The id of the envelope that cancels the delayed message `messageId` on
  * another shard: `invocationId:cN:messageId` (the message id alone makes it
  * unique within the invocation).

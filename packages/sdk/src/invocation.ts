@@ -167,14 +167,9 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
   // Set when a call's reply could not be had: the handler may catch the error, but its result must not commit.
   let interrupted: { error: unknown } | undefined;
   let suspended = false;
+  const canSuspend = req.canSuspend !== false;
+  // Ends the wait for the handler's result when it suspends; set while that wait is on.
   let rejectSuspension: (reason: Suspended) => void = () => {};
-  let suspension: Promise<never> | undefined;
-  if (req.canSuspend !== false) {
-    suspension = new Promise<never>((_, reject) => {
-      rejectSuspension = reject;
-    });
-    suspension.catch(() => {});
-  }
   let cleared = false;
 
   // What the handler got or made cannot go through protobuf: no re-run changes that.
@@ -263,8 +258,7 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
         shared: info.shared,
       };
       const issued = req.issueCall(outgoing);
-      if (issued === "suspend" && suspension === undefined)
-        throw new Error("issueCall suspended an invocation started with canSuspend: false");
+      if (issued === "suspend" && !canSuspend) throw new Error("issueCall suspended an invocation started with canSuspend: false");
       if (issued === "suspend") {
         pending.push(outgoing);
         if (!suspended) {
@@ -348,7 +342,14 @@ export async function runInvocation(req: InvocationRequest): Promise<InvocationO
   let result: unknown;
   try {
     const ran = (impl as (r: unknown, c: unknown) => unknown).call(req.handlers, request, ctx);
-    result = suspension !== undefined ? await Promise.race([ran, suspension]) : await ran;
+    // One promise that settles with the handler's result or its suspension, whichever comes
+    // first: every invocation that can suspend pays for it, so no race of two promises.
+    result = canSuspend
+      ? await new Promise((resolve, reject) => {
+          rejectSuspension = reject;
+          Promise.resolve(ran).then(resolve, reject);
+        })
+      : await ran;
   } catch (err) {
     if (err instanceof Suspended) return { status: "suspended", pending, journal };
     if (interrupted !== undefined) return { status: "interrupted", error: interrupted.error, journal };

@@ -61,4 +61,23 @@ describe("@shoal/sdk without node: built-ins", () => {
     `);
     expect(out).toBe("function done ok 32");
   });
+
+  it("answers shoal.v1.FunctionService through the fetch handler of @shoal/sdk/fetch", async () => {
+    const out = await runWithoutBuiltins(`
+      const { functionsFetchHandler } = await import("@shoal/sdk/fetch");
+      const internal = await import("@shoal/sdk/internal");
+      const { create, fromBinary, toBinary } = await import("@bufbuild/protobuf");
+      const { default: greeterModule } = await import("./examples/greeter/dist/module.js");
+      const [{ fn }] = greeterModule.implementations;
+      const input = fn.handlers.get("Greet").method.input;
+      const address = { type: fn.typeName, key: "web" };
+      const envelope = create(internal.EnvelopeSchema, { id: "m1", target: address, handler: "Greet", payload: toBinary(input, create(input, { name: "web" })) });
+      const body = toBinary(internal.functionProto.InvokeRequestSchema, internal.invokeRequestToProto({ address, state: undefined, messages: [{ envelope, journal: [] }] }));
+      const fetch = functionsFetchHandler(greeterModule, { logger: console });
+      const res = await fetch(new Request("https://fn.example/shoal.v1.FunctionService/Invoke", { method: "POST", headers: { "content-type": "application/proto" }, body }));
+      const answer = internal.invokeResponseFromProto(fromBinary(internal.functionProto.InvokeResponseSchema, new Uint8Array(await res.arrayBuffer())));
+      console.log(res.status, answer.outcomes.map((o) => o.status + ":" + o.reply.result.case).join());
+    `);
+    expect(out).toBe("200 done:ok");
+  });
 });

@@ -3,16 +3,16 @@
 import { execFileSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { createMemoryStorage } from "@shoal/runtime";
-import { describeStorageConformance } from "@shoal/runtime/storage-conformance";
+import { describeShardStorageConformance } from "@shoal/runtime/storage-conformance";
 import { expect, it } from "vitest";
 
-describeStorageConformance(
+describeShardStorageConformance(
   "memory, imported by package name",
   async () => ({
-    backend: createMemoryStorage(),
+    storage: createMemoryStorage(),
     async cleanup() {},
   }),
-  { survivesRestart: false, canTearWrites: false },
+  { survivesRestart: false },
 );
 
 it("runs against the built @shoal/runtime in a package of its own (npm run build first)", { timeout: 60_000 }, () => {

@@ -22,8 +22,6 @@ export interface TestEnvOptions {
   readonly startAt?: number;
   /** Retry policy; default 3 attempts, 1 ms apart, so failing tests fail fast. */
   readonly retry?: RuntimeOptions["retry"];
-  /** Shard snapshot interval in records. Default 10 000. */
-  readonly snapshotEvery?: number;
   /** Log level of the runtime. Default "silent". */
   readonly logLevel?: "debug" | "info" | "warn" | "error" | "silent";
 }
@@ -81,7 +79,6 @@ export async function createTestEnv(options: TestEnvOptions): Promise<TestEnv> {
     clock,
     // Every egress name is captured: tests need no egress configuration.
     defaultEgress: capture,
-    snapshotEvery: options.snapshotEvery,
     logger: options.logLevel ?? "silent",
     retry: options.retry ?? { maxAttempts: 3, initialDelayMs: 1, maxDelayMs: 1 },
   });

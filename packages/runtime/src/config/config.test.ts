@@ -1,5 +1,5 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ConfigError, loadConfig, type ShoalConfig, validateConfig } from "./config.js";
@@ -30,16 +30,17 @@ describe("validateConfig", () => {
       shutdownGraceMs: 5_000,
     },
     storage: { backend: "local", directory: "/srv/app/.shoal", fsync: true },
-    functions: { module: undefined },
+    cluster: { nodeId: hostname().replace(/[^A-Za-z0-9_-]/g, "-"), leaseMs: 5_000 },
+    functions: { module: undefined, descriptors: undefined, remote: [] },
     retry: { maxAttempts: 5, initialDelayMs: 100, maxDelayMs: 5_000 },
     memoRetentionMs: 24 * 3600_000,
     invokeTimeoutMs: 60_000,
-    snapshotEvery: 10_000,
-    snapshotLogBytes: 32 * 1024 * 1024,
-    snapshotAfterMs: 600_000,
+    instanceCacheSize: 10_000,
+    instanceIdleMs: 60_000,
     maxConcurrentInvocations: 1024,
     egress: {},
     log: { level: "info" },
+    warnings: [],
   };
 
   it("gives every field its default", () => {
@@ -77,9 +78,8 @@ describe("validateConfig", () => {
         retry: { maxAttempts: 1, initialDelayMs: 0, maxDelayMs: 0 },
         memoRetentionMs: 60_000,
         invokeTimeoutMs: 5_000,
-        snapshotEvery: 1,
-        snapshotLogBytes: 4096,
-        snapshotAfterMs: 1000,
+        instanceCacheSize: 5,
+        instanceIdleMs: 1000,
         maxConcurrentInvocations: 16,
         egress: { orders: { type: "stdout" }, audit: null },
         log: { level: "silent" },
@@ -98,21 +98,108 @@ describe("validateConfig", () => {
         shutdownGraceMs: 0,
       },
       storage: { backend: "local", directory: "/data", fsync: false },
-      functions: { module: "/srv/app/m.js" },
+      cluster: defaults.cluster,
+      functions: { module: "/srv/app/m.js", descriptors: undefined, remote: [] },
       retry: { maxAttempts: 1, initialDelayMs: 0, maxDelayMs: 0 },
       memoRetentionMs: 60_000,
       invokeTimeoutMs: 5_000,
-      snapshotEvery: 1,
-      snapshotLogBytes: 4096,
-      snapshotAfterMs: 1000,
+      instanceCacheSize: 5,
+      instanceIdleMs: 1000,
       maxConcurrentInvocations: 16,
       egress: { orders: { type: "stdout" }, audit: { type: "stdout" } },
       log: { level: "silent" },
+      warnings: [],
     });
+  });
+
+  it("takes remote endpoints per type and per package, with their defaults, TLS files resolved and the bearer token from the environment", () => {
+    const config = validateConfig(
+      {
+        functions: {
+          descriptors: "functions.binpb",
+          remote: [
+            { package: "shop.v1", url: "http://{service}-svc:9000" },
+            {
+              type: "bank.v1.Account",
+              url: "https://bank:9443",
+              timeoutMs: 500,
+              maxConcurrent: 2,
+              maxBatch: 1,
+              retry: { maxAttempts: 7, initialDelayMs: 1, maxDelayMs: 10 },
+              tls: { ca: "tls/ca.pem", cert: "tls/client.pem", key: "/keys/client.key" },
+              bearerTokenEnv: "BANK_TOKEN",
+            },
+          ],
+        },
+      },
+      base,
+      { BANK_TOKEN: "s3cret" },
+    );
+    expect(config.functions).toEqual({
+      module: undefined,
+      descriptors: "/srv/app/functions.binpb",
+      remote: [
+        {
+          path: "functions.remote[0]",
+          type: undefined,
+          package: "shop.v1",
+          url: "http://{service}-svc:9000",
+          timeoutMs: 10_000,
+          maxConcurrent: 64,
+          maxBatch: 16,
+          retry: { maxAttempts: 3, initialDelayMs: 100, maxDelayMs: 2_000 },
+          tls: undefined,
+          bearerToken: undefined,
+        },
+        {
+          path: "functions.remote[1]",
+          type: "bank.v1.Account",
+          package: undefined,
+          url: "https://bank:9443",
+          timeoutMs: 500,
+          maxConcurrent: 2,
+          maxBatch: 1,
+          retry: { maxAttempts: 7, initialDelayMs: 1, maxDelayMs: 10 },
+          tls: { ca: "/srv/app/tls/ca.pem", cert: "/srv/app/tls/client.pem", key: "/keys/client.key" },
+          bearerToken: "s3cret",
+        },
+      ],
+    });
+  });
+
+  it("takes the snapshot keys of earlier versions with a warning that they no longer do anything", () => {
+    const config = validateConfig({ snapshotEvery: 50, snapshotLogBytes: 4096, snapshotAfterMs: 1000 }, base);
+    expect(config).toEqual({ ...defaults, warnings: expect.any(Array) });
+    expect(config.warnings).toEqual(
+      ["snapshotEvery", "snapshotLogBytes", "snapshotAfterMs"].map(
+        (key) =>
+          `${key} no longer does anything (shards no longer write snapshots: their state is kept in an embedded store); remove it from shoal.yaml`,
+      ),
+    );
   });
 
   it("takes the memory backend without a directory", () => {
     expect(validateConfig({ storage: { backend: "memory" } }, base).storage).toEqual({ backend: "memory" });
+  });
+
+  it("takes the cluster section on the nats backend", () => {
+    expect(validateConfig({ storage: { backend: "nats" }, cluster: { nodeId: "node-1", leaseMs: 2_000 } }, base).cluster).toEqual({
+      nodeId: "node-1",
+      leaseMs: 2_000,
+    });
+  });
+
+  it("takes the nats backend with its servers, directory and replicas", () => {
+    expect(
+      validateConfig({ storage: { backend: "nats", servers: ["nats://a:4222", "nats://b:4222"], directory: "cache", replicas: 3 } }, base)
+        .storage,
+    ).toEqual({ backend: "nats", servers: ["nats://a:4222", "nats://b:4222"], directory: "/srv/app/cache", replicas: 3 });
+    expect(validateConfig({ storage: { backend: "nats" } }, base).storage).toEqual({
+      backend: "nats",
+      servers: ["nats://127.0.0.1:4222"],
+      directory: "/srv/app/.shoal",
+      replicas: undefined,
+    });
   });
 
   it("takes the boundary values of shards and port", () => {
@@ -132,7 +219,7 @@ describe("validateConfig", () => {
       [
         "an unknown top-level key",
         { shard: 4 },
-        "shard: unknown key (expected one of: shards, ingress, storage, functions, retry, memoRetentionMs, invokeTimeoutMs, snapshotEvery, snapshotLogBytes, snapshotAfterMs, maxConcurrentInvocations, egress, log)",
+        "shard: unknown key (expected one of: shards, ingress, storage, cluster, functions, retry, memoRetentionMs, invokeTimeoutMs, instanceCacheSize, instanceIdleMs, snapshotEvery, snapshotLogBytes, snapshotAfterMs, maxConcurrentInvocations, egress, log)",
       ],
       [
         "an unknown ingress key",
@@ -140,7 +227,11 @@ describe("validateConfig", () => {
         "ingress.prot: unknown key (expected one of: host, port, maxRequestBytes, ignoreUnknownJsonFields, headersTimeoutMs, idleTimeoutMs, shutdownGraceMs)",
       ],
       ["an unknown storage key", { storage: { dir: "x" } }, "storage.dir: unknown key (expected one of: backend, directory, fsync)"],
-      ["an unknown functions key", { functions: { modules: ["a.js"] } }, "functions.modules: unknown key (expected one of: module)"],
+      [
+        "an unknown functions key",
+        { functions: { modules: ["a.js"] } },
+        "functions.modules: unknown key (expected one of: module, descriptors, remote)",
+      ],
       [
         "an unknown retry key",
         { retry: { attempts: 3 } },
@@ -169,7 +260,51 @@ describe("validateConfig", () => {
         { ingress: { maxRequestBytes: 0 } },
         "ingress.maxRequestBytes: expected an integer from 1 to 9007199254740991, got 0",
       ],
-      ["an unknown storage backend", { storage: { backend: "postgres" } }, 'storage.backend: expected "local" or "memory", got "postgres"'],
+      [
+        "an unknown storage backend",
+        { storage: { backend: "postgres" } },
+        'storage.backend: expected "local", "nats" or "memory", got "postgres"',
+      ],
+      [
+        "a fsync on the nats backend",
+        { storage: { backend: "nats", fsync: true } },
+        "storage.fsync: unknown key (expected one of: backend, directory, servers, replicas)",
+      ],
+      [
+        "an empty list of NATS servers",
+        { storage: { backend: "nats", servers: [] } },
+        'storage.servers: expected a list of NATS URLs (e.g. ["nats://127.0.0.1:4222"]), got []',
+      ],
+      [
+        "a NATS server that is no URL",
+        { storage: { backend: "nats", servers: ["127.0.0.1:4222"] } },
+        'storage.servers[0]: expected a NATS URL such as nats://127.0.0.1:4222, got "127.0.0.1:4222"',
+      ],
+      [
+        "NATS replicas other than 1 or 3",
+        { storage: { backend: "nats", replicas: 2 } },
+        "storage.replicas: expected 1 (one server) or 3 (a cluster of 3 or more), got 2",
+      ],
+      [
+        "an unknown cluster key",
+        { storage: { backend: "nats" }, cluster: { lease: 5000 } },
+        "cluster.lease: unknown key (expected one of: nodeId, leaseMs)",
+      ],
+      [
+        "a cluster section on the local backend",
+        { cluster: { nodeId: "a" } },
+        'cluster: only with storage.backend nats (this node runs on "local", alone); remove the section',
+      ],
+      [
+        "a node id that cannot be a NATS subject token",
+        { storage: { backend: "nats" }, cluster: { nodeId: "node.1" } },
+        'cluster.nodeId: expected up to 128 letters, digits, "-" or "_" (it names NATS subjects and keys), got "node.1"',
+      ],
+      [
+        "a lease too short to renew",
+        { storage: { backend: "nats" }, cluster: { leaseMs: 100 } },
+        "cluster.leaseMs: expected an integer from 300 to 600000, got 100",
+      ],
       ["a storage backend as a number", { storage: { backend: 1 } }, "storage.backend: expected a non-empty string, got 1"],
       ["fsync as a string", { storage: { fsync: "yes" } }, 'storage.fsync: expected true or false, got "yes"'],
       ["a storage directory as a list", { storage: { directory: ["a"] } }, 'storage.directory: expected a non-empty string, got ["a"]'],
@@ -183,7 +318,12 @@ describe("validateConfig", () => {
       ],
       ["a zero memo retention", { memoRetentionMs: 0 }, "memoRetentionMs: expected an integer from 1 to 9007199254740991, got 0"],
       ["a zero invoke timeout", { invokeTimeoutMs: 0 }, "invokeTimeoutMs: expected an integer from 1 to 9007199254740991, got 0"],
-      ["snapshotEvery as a boolean", { snapshotEvery: true }, "snapshotEvery: expected an integer from 1 to 9007199254740991, got true"],
+      ["a zero instance cache", { instanceCacheSize: 0 }, "instanceCacheSize: expected an integer from 1 to 9007199254740991, got 0"],
+      [
+        "an instance idle time as a string",
+        { instanceIdleMs: "1m" },
+        'instanceIdleMs: expected an integer from 1 to 9007199254740991, got "1m"',
+      ],
       [
         "zero concurrency",
         { maxConcurrentInvocations: 0 },
@@ -195,6 +335,99 @@ describe("validateConfig", () => {
         'egress.orders.type: "nats" is not supported here (supported: stdout)',
       ],
       ["an egress type as a number", { egress: { orders: { type: 1 } } }, "egress.orders.type: expected a non-empty string, got 1"],
+      [
+        "remote as a mapping",
+        { functions: { remote: { type: "a.B" } } },
+        'functions.remote: expected a list of endpoints, got {"type":"a.B"}',
+      ],
+      [
+        "a remote entry with neither type nor package",
+        { functions: { descriptors: "f.binpb", remote: [{ url: "http://x" }] } },
+        "functions.remote[0]: expected exactly one of type (a function type, e.g. bank.v1.Account) and package (e.g. shop.v1)",
+      ],
+      [
+        "a remote entry with both type and package",
+        { functions: { remote: [{ type: "a.B", package: "a", url: "http://x" }] } },
+        "functions.remote[0]: expected exactly one of type (a function type, e.g. bank.v1.Account) and package (e.g. shop.v1)",
+      ],
+      [
+        "an unknown remote key",
+        { functions: { remote: [{ type: "a.B", url: "http://x", timeout: 5 }] } },
+        "functions.remote[0].timeout: unknown key (expected one of: type, package, url, timeoutMs, maxConcurrent, maxBatch, retry, tls, bearerToken, bearerTokenEnv)",
+      ],
+      [
+        "a type that is no full name",
+        { functions: { remote: [{ type: "a/B", url: "http://x" }] } },
+        'functions.remote[0].type: "a/B" is not a protobuf full name',
+      ],
+      [
+        "a remote entry without a url",
+        { functions: { remote: [{ package: "shop.v1" }] } },
+        "functions.remote[0].url: required (the endpoint's base URL, e.g. http://cart-svc:9000)",
+      ],
+      [
+        "a url that is no URL",
+        { functions: { remote: [{ package: "shop.v1", url: "cart-svc:9000x" }] } },
+        'functions.remote[0].url: expected an http:// or https:// URL, got "cart-svc:9000x"',
+      ],
+      [
+        "a url without a scheme",
+        { functions: { remote: [{ package: "shop.v1", url: "//x" }] } },
+        'functions.remote[0].url: "//x" is not a URL (expected e.g. http://cart-svc:9000)',
+      ],
+      [
+        "zero concurrent requests",
+        { functions: { remote: [{ package: "shop.v1", url: "http://x", maxConcurrent: 0 }] } },
+        "functions.remote[0].maxConcurrent: expected an integer from 1 to 9007199254740991, got 0",
+      ],
+      [
+        "a zero batch",
+        { functions: { remote: [{ package: "shop.v1", url: "http://x", maxBatch: 0 }] } },
+        "functions.remote[0].maxBatch: expected an integer from 1 to 9007199254740991, got 0",
+      ],
+      [
+        "zero remote attempts",
+        { functions: { remote: [{ package: "shop.v1", url: "http://x", retry: { maxAttempts: 0 } }] } },
+        "functions.remote[0].retry.maxAttempts: expected an integer from 1 to 9007199254740991, got 0",
+      ],
+      [
+        "a client certificate without its key",
+        { functions: { remote: [{ package: "shop.v1", url: "https://x", tls: { cert: "c.pem" } }] } },
+        "functions.remote[0].tls: cert and key go together (the client certificate and its private key, for mTLS)",
+      ],
+      [
+        "tls on an http url",
+        { functions: { remote: [{ package: "shop.v1", url: "http://x", tls: { ca: "ca.pem" } }] } },
+        'functions.remote[0].tls: needs an https:// url, got "http://x"',
+      ],
+      [
+        "an unknown tls key",
+        { functions: { remote: [{ package: "shop.v1", url: "https://x", tls: { ca: "ca.pem", pass: "x" } }] } },
+        "functions.remote[0].tls.pass: unknown key (expected one of: ca, cert, key)",
+      ],
+      [
+        "both bearer token keys",
+        { functions: { remote: [{ package: "shop.v1", url: "http://x", bearerToken: "t", bearerTokenEnv: "T" }] } },
+        "functions.remote[0]: expected at most one of bearerToken and bearerTokenEnv",
+      ],
+      [
+        "a bearer token variable that is not set",
+        { functions: { remote: [{ package: "shop.v1", url: "http://x", bearerTokenEnv: "SHOAL_TEST_UNSET_TOKEN" }] } },
+        "functions.remote[0].bearerTokenEnv: the environment variable SHOAL_TEST_UNSET_TOKEN is not set (it holds the endpoint's bearer token)",
+      ],
+      [
+        "remote attempts that outlast invokeTimeoutMs",
+        {
+          invokeTimeoutMs: 30_000,
+          functions: { descriptors: "f.binpb", remote: [{ package: "shop.v1", url: "http://x", timeoutMs: 10_000 }] },
+        },
+        "functions.remote[0]: its attempts take up to 30300 ms (timeoutMs × retry.maxAttempts plus the backoff), not less than invokeTimeoutMs (30000 ms): raise invokeTimeoutMs or lower timeoutMs or retry.maxAttempts",
+      ],
+      [
+        "remote endpoints without descriptors",
+        { functions: { remote: [{ package: "shop.v1", url: "http://x" }] } },
+        "functions.descriptors: required with functions.remote: a descriptor set of the remote function types (buf build -o functions.binpb)",
+      ],
       ["an unknown log level", { log: { level: "verbose" } }, 'log.level: expected debug, info, warn, error or silent, got "verbose"'],
       ["a log level as a number", { log: { level: 3 } }, "log.level: expected a non-empty string, got 3"],
     ];

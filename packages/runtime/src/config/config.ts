@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { hostname } from "node:os";
 import { dirname, resolve } from "node:path";
 import { parse } from "yaml";
 import { defaults } from "./defaults.js";
@@ -19,18 +20,88 @@ export interface ShoalConfig {
     /** On stop, how long requests in flight may take to finish, in ms. Default 5 000. */
     readonly shutdownGraceMs: number;
   };
-  readonly storage: { readonly backend: "local"; readonly directory: string; readonly fsync: boolean } | { readonly backend: "memory" };
-  readonly functions: { readonly module: string | undefined };
+  readonly storage:
+    | { readonly backend: "local"; readonly directory: string; readonly fsync: boolean }
+    | {
+        readonly backend: "nats";
+        /** NATS server URLs; the node fails over between them. */
+        readonly servers: readonly string[];
+        /** The node's local materialized store; a cache of JetStream, rebuilt when missing. */
+        readonly directory: string;
+        /** Replicas of the streams and buckets the node creates; unset: 3 on a cluster, 1 on a single server. */
+        readonly replicas: 1 | 3 | undefined;
+      }
+    | { readonly backend: "memory" };
+  /** Cluster mode, which every node on the `nats` backend runs in (one node is a cluster of one). */
+  readonly cluster: {
+    /** This node's id: its leases, membership record and NATS subjects. Default: the host name. */
+    readonly nodeId: string;
+    /** How long a shard lease and a membership record last without renewal, in ms; renewed every third of it. Default 5 000. */
+    readonly leaseMs: number;
+  };
+  readonly functions: {
+    /** An embedded module (`export default module(...)`), run in this process. */
+    readonly module: string | undefined;
+    /**
+     * A descriptor set (`buf build -o functions.binpb`) holding the remote
+     * function types: the node reads their handlers, keys and state from it,
+     * with none of their code. Required with `remote`.
+     */
+    readonly descriptors: string | undefined;
+    /** Remote function endpoints, per function type or per package. */
+    readonly remote: readonly RemoteEndpointConfig[];
+  };
   readonly retry: { readonly maxAttempts: number; readonly initialDelayMs: number; readonly maxDelayMs: number };
   readonly memoRetentionMs: number;
   readonly invokeTimeoutMs: number;
-  readonly snapshotEvery: number;
-  readonly snapshotLogBytes: number;
-  readonly snapshotAfterMs: number;
+  /** Decoded instances a node holds in memory; see `RuntimeOptions.instanceCacheSize`. */
+  readonly instanceCacheSize: number;
+  /** Time after its last use at which an instance is dropped from memory, in ms. */
+  readonly instanceIdleMs: number;
   readonly maxConcurrentInvocations: number;
   readonly egress: Readonly<Record<string, { readonly type: "stdout" }>>;
   readonly log: { readonly level: "debug" | "info" | "warn" | "error" | "silent" };
+  /** Keys that are valid but no longer do anything: the node logs each as a warning at start. */
+  readonly warnings: readonly string[];
 }
+
+/**
+ * One entry of `functions.remote`: the endpoint serving one function type
+ * (`type`) or every function type of a protobuf package (`package`).
+ */
+export interface RemoteEndpointConfig {
+  /** Where the entry is in the file (`functions.remote[0]`), for error messages. */
+  readonly path: string;
+  /** A function type's full name, e.g. `bank.v1.Account`; exactly one of `type` and `package` is set. */
+  readonly type: string | undefined;
+  /** A protobuf package, e.g. `shop.v1`: every function type in it. */
+  readonly package: string | undefined;
+  /**
+   * The endpoint's base URL (`http://` for h2c, `https://` for TLS). It may
+   * hold `{type}` (the full type name), `{service}` (its last part, lower
+   * case) and `{package}`, filled in per function type.
+   */
+  readonly url: string;
+  /** Time one Invoke request may take, in ms. Default 10 000. */
+  readonly timeoutMs: number;
+  /** Invoke requests in flight at once; more wait in their shard. Default 64. */
+  readonly maxConcurrent: number;
+  /** Queued messages of one instance per Invoke request. Default 16. */
+  readonly maxBatch: number;
+  /** Retries of a failed Invoke request. Default 3 attempts from 100 ms, doubling to 2 s. */
+  readonly retry: { readonly maxAttempts: number; readonly initialDelayMs: number; readonly maxDelayMs: number };
+  /** PEM files (paths resolved): `ca` to trust instead of the system's CAs, `cert` and `key` for mTLS. */
+  readonly tls: { readonly ca: string | undefined; readonly cert: string | undefined; readonly key: string | undefined } | undefined;
+  /** Sent as `Authorization: Bearer <token>` (from `bearerToken`, or the variable `bearerTokenEnv` names). */
+  readonly bearerToken: string | undefined;
+}
+
+/** Keys earlier versions had, accepted with a warning so that an old shoal.yaml still starts. */
+const retiredKeys: Readonly<Record<string, string>> = {
+  snapshotEvery: "shards no longer write snapshots: their state is kept in an embedded store",
+  snapshotLogBytes: "shards no longer write snapshots: their state is kept in an embedded store",
+  snapshotAfterMs: "shards no longer write snapshots: their state is kept in an embedded store",
+};
 
 /** A config file that does not describe a valid deployment: the message names the key. */
 export class ConfigError extends Error {
@@ -79,21 +150,22 @@ function boolean(obj: Obj, key: string, path: string, fallback: boolean): boolea
 
 /**
  * Validates a parsed config. Relative paths resolve against `baseDir` (the
- * config file's folder).
+ * config file's folder); `bearerTokenEnv` names a variable of `env`.
  */
-export function validateConfig(raw: unknown, baseDir: string = process.cwd()): ShoalConfig {
+export function validateConfig(raw: unknown, baseDir: string = process.cwd(), env: NodeJS.ProcessEnv = process.env): ShoalConfig {
   const root = object(raw, "(top level)");
   onlyKeys(root, "", [
     "shards",
     "ingress",
     "storage",
+    "cluster",
     "functions",
     "retry",
     "memoRetentionMs",
     "invokeTimeoutMs",
-    "snapshotEvery",
-    "snapshotLogBytes",
-    "snapshotAfterMs",
+    "instanceCacheSize",
+    "instanceIdleMs",
+    ...Object.keys(retiredKeys),
     "maxConcurrentInvocations",
     "egress",
     "log",
@@ -109,11 +181,34 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd()): S
     "shutdownGraceMs",
   ]);
   const storage = object(root.storage, "storage");
-  onlyKeys(storage, "storage", ["backend", "directory", "fsync"]);
   const backend = string(storage, "backend", "storage.", defaults.storage.backend);
-  if (backend !== "local" && backend !== "memory") throw new ConfigError(`storage.backend: expected "local" or "memory", got "${backend}"`);
+  if (backend !== "local" && backend !== "nats" && backend !== "memory")
+    throw new ConfigError(`storage.backend: expected "local", "nats" or "memory", got "${backend}"`);
+  onlyKeys(storage, "storage", backend === "nats" ? ["backend", "directory", "servers", "replicas"] : ["backend", "directory", "fsync"]);
+  const cluster = object(root.cluster, "cluster");
+  onlyKeys(cluster, "cluster", ["nodeId", "leaseMs"]);
+  if (backend !== "nats" && Object.keys(cluster).length > 0)
+    throw new ConfigError(`cluster: only with storage.backend nats (this node runs on "${backend}", alone); remove the section`);
   const functions = object(root.functions, "functions");
-  onlyKeys(functions, "functions", ["module"]);
+  onlyKeys(functions, "functions", ["module", "descriptors", "remote"]);
+  const remote = remoteEndpoints(functions.remote, baseDir, env);
+  if (remote.length > 0 && functions.descriptors === undefined) {
+    throw new ConfigError(
+      "functions.descriptors: required with functions.remote: a descriptor set of the remote function types (buf build -o functions.binpb)",
+    );
+  }
+  const invokeTimeoutMs = integer(root, "invokeTimeoutMs", "", defaults.invokeTimeoutMs, 1);
+  for (const endpoint of remote) {
+    // The node would abandon a run its endpoint is still retrying, and run it again beside it.
+    const { maxAttempts, initialDelayMs, maxDelayMs } = endpoint.retry;
+    let worstMs = maxAttempts * endpoint.timeoutMs;
+    for (let n = 1; n < maxAttempts; n++) worstMs += Math.min(maxDelayMs, initialDelayMs * 2 ** (n - 1));
+    if (worstMs >= invokeTimeoutMs) {
+      throw new ConfigError(
+        `${endpoint.path}: its attempts take up to ${worstMs} ms (timeoutMs × retry.maxAttempts plus the backoff), not less than invokeTimeoutMs (${invokeTimeoutMs} ms): raise invokeTimeoutMs or lower timeoutMs or retry.maxAttempts`,
+      );
+    }
+  }
   const retry = object(root.retry, "retry");
   onlyKeys(retry, "retry", ["maxAttempts", "initialDelayMs", "maxDelayMs"]);
   const egressRaw = object(root.egress, "egress");
@@ -146,26 +241,151 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd()): S
     storage:
       backend === "memory"
         ? { backend }
-        : {
-            backend,
-            directory: resolve(baseDir, string(storage, "directory", "storage.", defaults.storage.directory)),
-            fsync: boolean(storage, "fsync", "storage.", defaults.storage.fsync),
-          },
-    functions: { module },
+        : backend === "nats"
+          ? {
+              backend,
+              servers: natsServers(storage.servers),
+              directory: resolve(baseDir, string(storage, "directory", "storage.", defaults.storage.directory)),
+              replicas: natsReplicas(storage.replicas),
+            }
+          : {
+              backend,
+              directory: resolve(baseDir, string(storage, "directory", "storage.", defaults.storage.directory)),
+              fsync: boolean(storage, "fsync", "storage.", defaults.storage.fsync),
+            },
+    cluster: {
+      nodeId: nodeIdOf(cluster.nodeId),
+      leaseMs: integer(cluster, "leaseMs", "cluster.", defaults.cluster.leaseMs, 300, 600_000),
+    },
+    functions: {
+      module,
+      descriptors: functions.descriptors === undefined ? undefined : resolve(baseDir, string(functions, "descriptors", "functions.", "")),
+      remote,
+    },
     retry: {
       maxAttempts: integer(retry, "maxAttempts", "retry.", defaults.retry.maxAttempts, 1),
       initialDelayMs: integer(retry, "initialDelayMs", "retry.", defaults.retry.initialDelayMs, 0),
       maxDelayMs: integer(retry, "maxDelayMs", "retry.", defaults.retry.maxDelayMs, 0),
     },
     memoRetentionMs: integer(root, "memoRetentionMs", "", defaults.memoRetentionMs, 1),
-    invokeTimeoutMs: integer(root, "invokeTimeoutMs", "", defaults.invokeTimeoutMs, 1),
-    snapshotEvery: integer(root, "snapshotEvery", "", defaults.snapshotEvery, 1),
-    snapshotLogBytes: integer(root, "snapshotLogBytes", "", defaults.snapshotLogBytes, 1),
-    snapshotAfterMs: integer(root, "snapshotAfterMs", "", defaults.snapshotAfterMs, 1),
+    invokeTimeoutMs,
+    instanceCacheSize: integer(root, "instanceCacheSize", "", defaults.instanceCacheSize, 1),
+    instanceIdleMs: integer(root, "instanceIdleMs", "", defaults.instanceIdleMs, 1),
     maxConcurrentInvocations: integer(root, "maxConcurrentInvocations", "", defaults.maxConcurrentInvocations, 1),
     egress,
     log: { level: level as ShoalConfig["log"]["level"] },
+    warnings: Object.entries(retiredKeys)
+      .filter(([key]) => root[key] !== undefined)
+      .map(([key, why]) => `${key} no longer does anything (${why}); remove it from shoal.yaml`),
   };
+}
+
+const remoteKeys = ["type", "package", "url", "timeoutMs", "maxConcurrent", "maxBatch", "retry", "tls", "bearerToken", "bearerTokenEnv"];
+const namePattern = /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/;
+
+function natsServers(value: unknown): string[] {
+  if (value === undefined) return [...defaults.storage.servers];
+  const list = typeof value === "string" ? [value] : value;
+  if (!Array.isArray(list) || list.length === 0) {
+    throw new ConfigError(`storage.servers: expected a list of NATS URLs (e.g. ["nats://127.0.0.1:4222"]), got ${JSON.stringify(value)}`);
+  }
+  return list.map((url, i) => {
+    if (typeof url !== "string" || !/^(nats|tls|ws|wss):\/\/\S+$/.test(url)) {
+      throw new ConfigError(`storage.servers[${i}]: expected a NATS URL such as nats://127.0.0.1:4222, got ${JSON.stringify(url)}`);
+    }
+    return url;
+  });
+}
+
+/** A node id is a NATS subject token and a KV key: the host name by default, with any other character made "-". */
+function nodeIdOf(value: unknown): string {
+  if (value === undefined) return hostname().replace(/[^A-Za-z0-9_-]/g, "-");
+  if (typeof value !== "string" || !/^[A-Za-z0-9_-]{1,128}$/.test(value)) {
+    throw new ConfigError(
+      `cluster.nodeId: expected up to 128 letters, digits, "-" or "_" (it names NATS subjects and keys), got ${JSON.stringify(value)}`,
+    );
+  }
+  return value;
+}
+
+function natsReplicas(value: unknown): 1 | 3 | undefined {
+  if (value === undefined) return undefined;
+  if (value !== 1 && value !== 3) {
+    throw new ConfigError(`storage.replicas: expected 1 (one server) or 3 (a cluster of 3 or more), got ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+function remoteEndpoints(raw: unknown, baseDir: string, env: NodeJS.ProcessEnv): RemoteEndpointConfig[] {
+  if (raw === undefined || raw === null) return [];
+  if (!Array.isArray(raw)) throw new ConfigError(`functions.remote: expected a list of endpoints, got ${JSON.stringify(raw)}`);
+  return raw.map((item, i) => {
+    const path = `functions.remote[${i}]`;
+    const entry = object(item, path);
+    onlyKeys(entry, path, remoteKeys);
+    const type = entry.type === undefined ? undefined : string(entry, "type", `${path}.`, "");
+    const pkg = entry.package === undefined ? undefined : string(entry, "package", `${path}.`, "");
+    if ((type === undefined) === (pkg === undefined)) {
+      throw new ConfigError(`${path}: expected exactly one of type (a function type, e.g. bank.v1.Account) and package (e.g. shop.v1)`);
+    }
+    const name = (type ?? pkg) as string;
+    if (!namePattern.test(name))
+      throw new ConfigError(`${path}.${type !== undefined ? "type" : "package"}: "${name}" is not a protobuf full name`);
+    if (entry.url === undefined) throw new ConfigError(`${path}.url: required (the endpoint's base URL, e.g. http://cart-svc:9000)`);
+    const url = string(entry, "url", `${path}.`, "");
+    let parsed: URL;
+    try {
+      parsed = new URL(url.replaceAll("{type}", "t").replaceAll("{service}", "s").replaceAll("{package}", "p"));
+    } catch {
+      throw new ConfigError(`${path}.url: "${url}" is not a URL (expected e.g. http://cart-svc:9000)`);
+    }
+    if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
+      throw new ConfigError(`${path}.url: expected an http:// or https:// URL, got "${url}"`);
+    }
+    const retry = object(entry.retry, `${path}.retry`);
+    onlyKeys(retry, `${path}.retry`, ["maxAttempts", "initialDelayMs", "maxDelayMs"]);
+    const tlsRaw = entry.tls === undefined || entry.tls === null ? undefined : object(entry.tls, `${path}.tls`);
+    let tls: RemoteEndpointConfig["tls"];
+    if (tlsRaw !== undefined) {
+      onlyKeys(tlsRaw, `${path}.tls`, ["ca", "cert", "key"]);
+      const file = (key: string) => (tlsRaw[key] === undefined ? undefined : resolve(baseDir, string(tlsRaw, key, `${path}.tls.`, "")));
+      tls = { ca: file("ca"), cert: file("cert"), key: file("key") };
+      if ((tls.cert === undefined) !== (tls.key === undefined)) {
+        throw new ConfigError(`${path}.tls: cert and key go together (the client certificate and its private key, for mTLS)`);
+      }
+      if (parsed.protocol !== "https:") throw new ConfigError(`${path}.tls: needs an https:// url, got "${url}"`);
+    }
+    if (entry.bearerToken !== undefined && entry.bearerTokenEnv !== undefined) {
+      throw new ConfigError(`${path}: expected at most one of bearerToken and bearerTokenEnv`);
+    }
+    let bearerToken = entry.bearerToken === undefined ? undefined : string(entry, "bearerToken", `${path}.`, "");
+    if (entry.bearerTokenEnv !== undefined) {
+      const variable = string(entry, "bearerTokenEnv", `${path}.`, "");
+      bearerToken = env[variable];
+      if (bearerToken === undefined || bearerToken === "") {
+        throw new ConfigError(
+          `${path}.bearerTokenEnv: the environment variable ${variable} is not set (it holds the endpoint's bearer token)`,
+        );
+      }
+    }
+    const d = defaults.remote;
+    return {
+      path,
+      type,
+      package: pkg,
+      url,
+      timeoutMs: integer(entry, "timeoutMs", `${path}.`, d.timeoutMs, 1),
+      maxConcurrent: integer(entry, "maxConcurrent", `${path}.`, d.maxConcurrent, 1),
+      maxBatch: integer(entry, "maxBatch", `${path}.`, d.maxBatch, 1),
+      retry: {
+        maxAttempts: integer(retry, "maxAttempts", `${path}.retry.`, d.retry.maxAttempts, 1),
+        initialDelayMs: integer(retry, "initialDelayMs", `${path}.retry.`, d.retry.initialDelayMs, 0),
+        maxDelayMs: integer(retry, "maxDelayMs", `${path}.retry.`, d.retry.maxDelayMs, 0),
+      },
+      tls,
+      bearerToken,
+    };
+  });
 }
 
 /** Reads and validates a `shoal.yaml`. */

@@ -12,19 +12,22 @@ export const defaults = {
   retry: { maxAttempts: 5, initialDelayMs: 100, maxDelayMs: 5_000 },
   /** Time an invoker has to answer one invocation before it is abandoned and retried (retry policy), in ms. */
   invokeTimeoutMs: 60_000,
+  /**
+   * How long an invocation awaits a call's result before it sends the call
+   * again, in ms: the callee runs a call once and answers a copy with the kept
+   * result, so a result lost on its way is asked for again.
+   */
+  callResendMs: 10_000,
   /** How long call and idempotency-key replies are kept, in ms (24 h). */
   memoRetentionMs: 24 * 3600_000,
-  /** Records after which a shard writes a snapshot. */
-  snapshotEvery: 10_000,
   /**
-   * Bytes of log the node may write after a shard's oldest record no snapshot
-   * covers before that shard writes a snapshot (32 MiB, two segments of the
-   * local store). The log on disk stays near this plus a segment, and a
-   * restart replays at most that: see bench/RESULTS.md, `bench:restart`.
+   * Decoded instances a node holds in memory, across its shards (passivation):
+   * beyond this the least recently used are dropped and read back from the
+   * store on their next message.
    */
-  snapshotLogBytes: 32 * 1024 * 1024,
-  /** Age of a shard's oldest record no snapshot covers at which it writes one, in ms (10 minutes). */
-  snapshotAfterMs: 10 * 60_000,
+  instanceCacheSize: 10_000,
+  /** Time after its last use at which an instance is dropped from memory, in ms. */
+  instanceIdleMs: 60_000,
   /** Log level of the default logger (JSON lines on stderr). */
   logLevel: "info",
   ingress: {
@@ -44,12 +47,37 @@ export const defaults = {
     shutdownGraceMs: 5_000,
   },
   storage: {
-    /** `local` (files, durable) or `memory` (tests only). */
+    /** `local` (files, durable), `nats` (JetStream, cluster preview) or `memory` (tests only). */
     backend: "local",
-    /** The local store's directory. */
+    /** The local store's directory; with `nats`, the node's materialized copy of its shards (rebuilt from JetStream when missing). */
     directory: ".shoal",
     /** Wait for fsync before acknowledging an append. */
     fsync: true,
+    /** With `nats`: the NATS servers to connect to. */
+    servers: ["nats://127.0.0.1:4222"],
+  },
+  cluster: {
+    /** How long a shard lease and a node's membership record last without renewal, in ms (renewed every third of it). */
+    leaseMs: 5_000,
+  },
+  /** Each remote function endpoint (`functions.remote` in shoal.yaml), unless its entry says otherwise. */
+  remote: {
+    /** Time one Invoke request may take before it is abandoned and retried, in ms. */
+    timeoutMs: 10_000,
+    /** Invoke requests in flight to the endpoint at once; more wait in their shard (backpressure), none is dropped. */
+    maxConcurrent: 64,
+    /** Queued messages of one instance sent in one Invoke request. */
+    maxBatch: 16,
+    /**
+     * Invocations of distinct instances that are ready at once (in one turn of
+     * the event loop, or while every request slot is taken) go to the endpoint
+     * in one InvokeMany request: at most this many, and at most `invokeManyMaxBytes`
+     * of requests (one larger request goes alone).
+     */
+    invokeManyMaxRequests: 32,
+    invokeManyMaxBytes: 4 * 1024 * 1024,
+    /** Retries of a failed Invoke request (timeout, unavailable, 5xx, an invalid answer): attempts (the first included), first delay, upper bound of the doubling delay. */
+    retry: { maxAttempts: 3, initialDelayMs: 100, maxDelayMs: 2_000 },
   },
   /** Keys or dead letters an admin listing returns when the request names no limit. */
   adminListLimit: 100,

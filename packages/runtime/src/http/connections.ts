@@ -37,6 +37,10 @@ interface Connection {
   session?: ServerHttp2Session;
   readonly responses: Set<Response>;
   timer?: NodeJS.Timeout;
+  /** Whether `timer` is the idle timer, which checks on expiry whether the connection is still idle. */
+  idleTimer: boolean;
+  /** When the connection last became idle (`performance.now()`). */
+  idleSince: number;
 }
 
 const http2Preface = Buffer.from("PRI * HTTP/2.0\r\n");
@@ -57,6 +61,7 @@ export function trackConnections(http1: Http1Server, http2: Http2Server, timeout
   const disarm = (conn: Connection) => {
     clearTimeout(conn.timer);
     conn.timer = undefined;
+    conn.idleTimer = false;
   };
   const arm = (conn: Connection, ms: number, expire: () => void) => {
     disarm(conn);
@@ -75,7 +80,26 @@ export function trackConnections(http1: Http1Server, http2: Http2Server, timeout
     if (socket.writableLength === 0) socket.destroy();
     else socket.end(() => socket.destroy());
   };
-  const waitForRequest = (conn: Connection) => arm(conn, timeouts.idleTimeoutMs, () => close(conn));
+  // The idle timer is not moved for every request, which would cost a timer per request: it
+  // stays armed while requests come and go, and when it fires it looks at when the connection
+  // last became idle, waiting on for the rest of the timeout if that was too recent.
+  const expireIdle = (conn: Connection) => {
+    conn.timer = undefined;
+    conn.idleTimer = false;
+    // Requests in flight: the last to finish arms it again.
+    if (conn.responses.size > 0) return;
+    const left = conn.idleSince + timeouts.idleTimeoutMs - performance.now();
+    if (left > 0) armIdle(conn, left);
+    else close(conn);
+  };
+  const armIdle = (conn: Connection, ms: number) => {
+    arm(conn, ms, () => expireIdle(conn));
+    conn.idleTimer = true;
+  };
+  const waitForRequest = (conn: Connection) => {
+    conn.idleSince = performance.now();
+    if (!conn.idleTimer) armIdle(conn, timeouts.idleTimeoutMs);
+  };
 
   const handOff = (conn: Connection, head: Buffer) => {
     const isHttp2 = head.length > 0 && http2Preface.subarray(0, head.length).equals(head);
@@ -99,7 +123,7 @@ export function trackConnections(http1: Http1Server, http2: Http2Server, timeout
 
   return {
     accept(socket) {
-      const conn: Connection = { socket, responses: new Set() };
+      const conn: Connection = { socket, responses: new Set(), idleTimer: false, idleSince: 0 };
       connections.add(conn);
       bySocket.set(socket, conn);
       // Until a server takes the socket over, nothing else listens for its errors, and a client's
@@ -121,7 +145,8 @@ export function trackConnections(http1: Http1Server, http2: Http2Server, timeout
     request(req, res) {
       const conn = "stream" in req ? bySession.get(req.stream.session as ServerHttp2Session) : bySocket.get(req.socket);
       if (conn === undefined) return () => {};
-      disarm(conn);
+      // The idle timer stays: it sees the request in flight when it fires.
+      if (!conn.idleTimer) disarm(conn);
       conn.responses.add(res);
       if (draining && conn.session === undefined && !res.headersSent) res.setHeader("connection", "close");
       return () => {

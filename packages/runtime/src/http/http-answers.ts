@@ -50,10 +50,7 @@ export function explainRejections(router: ConnectRouter, maxRequestBytes: number
   router.handlers.forEach((original, i) => {
     const accepted = candidateContentTypes.filter((type) => original.supportedContentType(type));
     const route = `${original.service.typeName}/${original.method.name}`;
-    const wrapped = Object.assign(async (req: UniversalRequest): Promise<UniversalResponse> => {
-      const checked = await rejectUnknownJsonFields(original, req, maxRequestBytes);
-      if ("status" in checked) return checked;
-      const res = await original(checked);
+    const explain = (req: UniversalRequest, res: UniversalResponse): UniversalResponse => {
       if (res.status === 405 && res.body === undefined) {
         const allowed = original.allowedMethods.join(", ");
         return errorResponse(405, Code.Unimplemented, `${req.method} is not allowed on /${route}; use ${allowed}`, { allow: allowed });
@@ -68,6 +65,13 @@ export function explainRejections(router: ConnectRouter, maxRequestBytes: number
         );
       }
       return res;
+    };
+    // Without the header that asks for the check, no async step of its own: every request passes here.
+    const wrapped = Object.assign((req: UniversalRequest): Promise<UniversalResponse> => {
+      if (!asksToRejectUnknownFields(req)) return original(req).then((res) => explain(req, res));
+      return rejectUnknownJsonFields(original, req, maxRequestBytes).then((checked) =>
+        "status" in checked ? checked : original(checked).then((res) => explain(checked, res)),
+      );
     }, original);
     router.handlers[i] = wrapped as UniversalHandler;
   });
@@ -78,11 +82,10 @@ async function rejectUnknownJsonFields(
   req: UniversalRequest,
   maxRequestBytes: number,
 ): Promise<UniversalRequest | UniversalResponse> {
-  const flag = req.header.get(shoalHeaders.rejectUnknownFields);
+  if (!asksToRejectUnknownFields(req)) return req;
   const contentType = req.header.get("content-type") ?? "";
   const encoding = req.header.get("content-encoding") ?? "identity";
-  if (flag === null || flag === "0" || flag === "" || req.method !== "POST" || !/^application\/json\b/.test(contentType)) return req;
-  if (encoding !== "identity" || !isByteStream(req.body)) return req;
+  if (!/^application\/json\b/.test(contentType) || encoding !== "identity" || !isByteStream(req.body)) return req;
   const chunks: Uint8Array[] = [];
   let size = 0;
   const body = req.body[Symbol.asyncIterator]();
@@ -106,6 +109,11 @@ async function rejectUnknownJsonFields(
       for (let next = await body.next(); !next.done; next = await body.next()) yield next.value;
     })(),
   };
+}
+
+function asksToRejectUnknownFields(req: UniversalRequest): boolean {
+  const flag = req.header.get(shoalHeaders.rejectUnknownFields);
+  return flag !== null && flag !== "0" && flag !== "" && req.method === "POST";
 }
 
 function isByteStream(body: UniversalRequest["body"]): body is AsyncIterable<Uint8Array> {

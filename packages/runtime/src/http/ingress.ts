@@ -49,9 +49,12 @@ export function registerIngress(router: ConnectRouter, runtime: NodeRuntime): vo
           payload: send || idempotencyKey !== "" ? toBinary(method.input, request) : noBytes,
           idempotencyKey,
           deliverAtMs: send && delayMs > 0 ? BigInt(now + Math.round(delayMs)) : 0n,
-          // Its own reply address, apart from the envelope id: retries of one
-          // Idempotency-Key share that id, and each awaits its own answer.
-          replyTo: send ? undefined : { kind: { case: "ingress", value: { node: runtime.nodeId, request: requestId() } } },
+          // Its own reply address: retries of one Idempotency-Key share the
+          // envelope id, and each awaits its own answer. Without a key the
+          // envelope id is this request's own already.
+          replyTo: send
+            ? undefined
+            : { kind: { case: "ingress", value: { node: runtime.nodeId, request: idempotencyKey !== "" ? requestId() : id } } },
           traceparent: ctx.requestHeader.get("traceparent") ?? "",
           acceptedAtMs: BigInt(now),
         });
@@ -82,7 +85,7 @@ type UniversalResponse = Awaited<ReturnType<UniversalHandler>>;
 // body is read whole before it is passed on).
 function reportParseErrorsAsInvalidArgument(router: ConnectRouter) {
   router.handlers.forEach((original, i) => {
-    const wrapped = Object.assign(async (req: Parameters<UniversalHandler>[0]) => await rewriteErrors(await original(req)), original);
+    const wrapped = Object.assign((req: Parameters<UniversalHandler>[0]) => original(req).then(rewriteErrors), original);
     router.handlers[i] = wrapped as UniversalHandler;
   });
 }
@@ -141,23 +144,31 @@ async function* rewriteGrpcWebTrailer(body: AsyncIterable<Uint8Array>): AsyncIte
   yield bytes;
 }
 
-async function rewriteErrors(res: UniversalResponse): Promise<UniversalResponse> {
-  for (const h of [res.header, res.trailer]) {
-    const status = h?.get("grpc-status");
-    const message = h?.get("grpc-message");
-    const fixed = status != null && message != null ? rewrite(Number(status) as Code, decodeURIComponent(message)) : undefined;
-    if (fixed !== undefined) {
-      h?.set("grpc-status", String(fixed.code));
-      h?.set("grpc-message", encodeURIComponent(fixed.message));
-    }
+function rewriteGrpcStatus(h: Headers | undefined) {
+  const status = h?.get("grpc-status");
+  const message = h?.get("grpc-message");
+  const fixed = status != null && message != null ? rewrite(Number(status) as Code, decodeURIComponent(message)) : undefined;
+  if (fixed !== undefined) {
+    h?.set("grpc-status", String(fixed.code));
+    h?.set("grpc-message", encodeURIComponent(fixed.message));
   }
-  if (res.body !== undefined && res.header?.get("content-type")?.startsWith("application/grpc-web")) {
-    return { ...res, body: rewriteGrpcWebTrailer(res.body) };
-  }
-  if (res.status < 400 || res.body === undefined || res.header?.get("content-type") !== "application/json") return res;
+}
+
+// Synchronous but for a Connect error body: every response passes through here.
+function rewriteErrors(res: UniversalResponse): UniversalResponse | Promise<UniversalResponse> {
+  rewriteGrpcStatus(res.header);
+  rewriteGrpcStatus(res.trailer);
+  if (res.body === undefined) return res;
+  const contentType = res.header?.get("content-type");
+  if (contentType?.startsWith("application/grpc-web")) return { ...res, body: rewriteGrpcWebTrailer(res.body) };
+  if (res.status < 400 || contentType !== "application/json") return res;
+  return rewriteConnectError(res, res.body);
+}
+
+async function rewriteConnectError(res: UniversalResponse, resBody: AsyncIterable<Uint8Array>): Promise<UniversalResponse> {
   // A Connect unary error: one small JSON body.
   const chunks: Uint8Array[] = [];
-  for await (const chunk of res.body) chunks.push(chunk);
+  for await (const chunk of resBody) chunks.push(chunk);
   let body: Uint8Array = Buffer.concat(chunks);
   let status = res.status;
   try {
@@ -170,7 +181,7 @@ async function rewriteErrors(res: UniversalResponse): Promise<UniversalResponse>
         JSON.stringify({ ...error, code: changed ? "invalid_argument" : error.code, message: fixed.message }),
       );
       if (changed) status = 400;
-      res.header.delete("content-length");
+      res.header?.delete("content-length");
     }
   } catch {
     // not a Connect error body: pass it on unchanged

@@ -1,15 +1,17 @@
 import type { ConnectRouter } from "@connectrpc/connect";
+import type { ClusterStatusReader } from "../cluster/cluster-status.js";
 import type { NodeRuntime } from "../node/runtime.js";
 import { registerAdmin } from "./admin.js";
 import { registerIngress } from "./ingress.js";
 
 /**
  * The Connect routes of a node: every function service at its standard path,
- * and `shoal.v1.Admin`. Pass to `connectNodeAdapter` or `createRouterTransport`.
+ * and `shoal.v1.Admin` (whose status lists the cluster's nodes when given
+ * `clusterStatus`). Pass to `connectNodeAdapter` or `createRouterTransport`.
  */
-export function shoalRoutes(runtime: NodeRuntime): (router: ConnectRouter) => void {
+export function shoalRoutes(runtime: NodeRuntime, clusterStatus?: ClusterStatusReader): (router: ConnectRouter) => void {
   return (router) => {
-    registerAdmin(router, runtime);
+    registerAdmin(router, runtime, clusterStatus);
     registerIngress(router, runtime);
   };
 }

@@ -3,6 +3,7 @@ import { createServer as createHttp2Server, type Http2Server } from "node:http2"
 import { createServer as createNetServer, type Server as NetServer } from "node:net";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { ClusterStatusReader } from "../cluster/cluster-status.js";
 import { defaults } from "../config/defaults.js";
 import type { NodeRuntime } from "../node/runtime.js";
 import { trackConnections } from "./connections.js";
@@ -29,6 +30,8 @@ export interface ListenOptions {
    * open streams (it gets a GOAWAY). Then it is closed. Default 60 000.
    */
   readonly idleTimeoutMs?: number;
+  /** Reads the cluster's records in NATS, for the admin status (a node on the nats backend). Default: none; the status lists this node only. */
+  readonly clusterStatus?: ClusterStatusReader;
 }
 
 /** A listening ingress. */
@@ -54,7 +57,7 @@ export async function listen(runtime: NodeRuntime, options: ListenOptions = {}):
   let routed: ConnectRouter["handlers"] = [];
   const connectHandler = connectNodeAdapter({
     routes(router) {
-      shoalRoutes(runtime)(router);
+      shoalRoutes(runtime, options.clusterStatus)(router);
       explainRejections(router, runtime.maxRequestBytes);
       routed = router.handlers;
     },
@@ -80,11 +83,9 @@ export async function listen(runtime: NodeRuntime, options: ListenOptions = {}):
         return;
       }
       if (req.method === "GET" && path === "/healthz") {
-        const failed = runtime.status().filter((s) => s.failed !== undefined).length;
-        const open = runtime.status().length;
-        const healthy = failed === 0 && open === runtime.shards;
-        res.writeHead(healthy ? 200 : 503, { "content-type": "text/plain" });
-        res.end(healthy ? "ok\n" : `${runtime.shards - open + failed} of ${runtime.shards} shards unavailable\n`);
+        const { ready, reasons } = runtime.health();
+        res.writeHead(ready ? 200 : 503, { "content-type": "text/plain" });
+        res.end(ready ? "ok\n" : `${reasons.join("\n")}\n`);
         return;
       }
       answerUnrouted(req, res, routed);

@@ -42,6 +42,11 @@ export class CallCycles {
     };
   }
 
+  /** The locked instances `from`'s invocation awaits calls to (a probe from another node follows them). */
+  awaitsOf(from: string): string[] {
+    return [...(this.waits.get(from)?.keys() ?? [])];
+  }
+
   /** A path `at -> ... -> goal` along wait edges, `at` first. */
   private pathFrom(at: string, goal: string, seen: Set<string>): string[] | undefined {
     if (at === goal) return [at];

@@ -1,6 +1,6 @@
-import { fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
 import { type Envelope, EnvelopeSchema, type Reply } from "@shoal/sdk/internal";
-import { type ReplyAddress, type ShardProcessor, ShardUnavailableError } from "../shard/shard-processor.js";
+import { type HeldCall, type ReplyAddress, type ShardProcessor, ShardUnavailableError } from "../shard/shard-processor.js";
 import { controlHandlers } from "../shard/shard-state.js";
 import type { ReplyChannel } from "./reply-channel.js";
 
@@ -15,6 +15,14 @@ export interface ShardDirectory {
   ownerOf(shard: number): string | undefined;
   /** Records the shard's owner; `undefined` clears it (only if `node` is `expected`, when given). */
   setOwner(shard: number, node: string | undefined, expected?: string): void;
+  /**
+   * Calls `listener` when a shard's owner `node` is no longer its owner (its
+   * lease moved or expired: the node gave the shard up or died), so requests
+   * forwarded there stop waiting for a reply that may never come. Returns a
+   * function that removes the listener. Optional: a directory whose owners
+   * never vanish unannounced needs none.
+   */
+  onOwnerGone?(listener: (shard: number, node: string) => void): () => void;
 }
 
 /** A directory in memory, shared by the nodes of one process (tests, embedded clusters). */
@@ -46,6 +54,18 @@ export interface NodeEndpoint {
   receive(envelope: Envelope, delivery: Delivery): Promise<void>;
   /** Takes a reply for a request this node awaits. */
   receiveReply(request: string, outcome: ReplyOutcome): void;
+  /**
+   * What the shard of a call open on this node holds for it (a call cycle's
+   * answer may be made up only if nothing); throws ShardUnavailableError
+   * when the shard is not open here.
+   */
+  heldCall(envelope: Envelope): HeldCall;
+  /** The locked instances that locked `instance`'s invocation, running on this node, awaits calls to. */
+  waitsOf(instance: string): string[];
+  /** Breaks a call cycle at the caller `instance`, whose shard is open here (`ShardProcessor.breakCycle`). */
+  breakCycle(instance: string, callee: string, cycle: string): Promise<boolean>;
+  /** Takes a call back from its callee's shard open here (`ShardProcessor.withdrawCall`). */
+  withdrawCall(call: Envelope): Promise<boolean>;
 }
 
 /**
@@ -60,6 +80,20 @@ export interface NodeTransport {
   send(node: string, envelope: Envelope, delivery: Delivery): Promise<void>;
   /** Hands a reply to the reply channel of `node`; dropped when that node is gone (its requests failed with it). */
   reply(node: string, request: string, outcome: ReplyOutcome): void;
+  /**
+   * Asks `node` what its shard holds for a call (`NodeEndpoint.heldCall`), so
+   * a call cycle across nodes is answered at once. Optional: without it such
+   * a cycle's call is answered Unavailable and retried.
+   */
+  heldCall?(node: string, envelope: Envelope): Promise<HeldCall>;
+  /**
+   * Asks `node` the questions of a search for a call cycle between chains on
+   * different nodes (`NodeEndpoint.waitsOf`, `breakCycle`, `withdrawCall`).
+   * Optional: without them such a cycle is not found.
+   */
+  waitsOf?(node: string, instance: string): Promise<string[]>;
+  breakCycle?(node: string, instance: string, callee: string, cycle: string): Promise<boolean>;
+  withdrawCall?(node: string, call: Envelope): Promise<boolean>;
 }
 
 /**
@@ -90,7 +124,33 @@ export function createInProcessTransport(): NodeTransport {
     reply(node, request, outcome) {
       endpoints.get(node)?.receiveReply(request, outcome);
     },
+    async heldCall(node, envelope) {
+      const endpoint = endpoints.get(node);
+      if (endpoint === undefined) throw new ShardUnavailableError(`node ${node} is not reachable; retry`);
+      return endpoint.heldCall(envelope);
+    },
+    async waitsOf(node, instance) {
+      return endpoints.get(node)?.waitsOf(instance) ?? [];
+    },
+    async breakCycle(node, instance, callee, cycle) {
+      return (await endpoints.get(node)?.breakCycle(instance, callee, cycle)) ?? false;
+    },
+    async withdrawCall(node, call) {
+      return (await endpoints.get(node)?.withdrawCall(fromBinary(EnvelopeSchema, toBinary(EnvelopeSchema, call)))) ?? false;
+    },
   };
+}
+
+/**
+ * A durable queue of one-way messages per shard that any node publishes to
+ * and the shard's owner consumes: the cluster's inputs stream
+ * (`createShardInputs`, `storage/nats/shard-inputs.ts`).
+ */
+export interface ShardInbox {
+  /** Stores a one-way message for `shard`; resolves once it is durable there. */
+  publish(shard: number, envelope: Envelope): Promise<void>;
+  /** Hands the shard's messages to `submit` in order, each acknowledged once `submit` resolved, until stopped. */
+  consume(shard: number, submit: (envelope: Envelope) => Promise<void>): { stop(): Promise<void> };
 }
 
 /** What a router needs from its node. */
@@ -102,8 +162,15 @@ export interface RouterOptions {
   shardFor(envelope: Envelope): number;
   readonly directory?: ShardDirectory;
   readonly transport?: NodeTransport;
+  /**
+   * Where every one-way message ("accept", "deliver") goes when given,
+   * whichever node owns its shard: the owner consumes it from there.
+   */
+  readonly inbox?: ShardInbox;
   /** Where replies addressed to this node arrive. */
   readonly replies: ReplyChannel;
+  /** The locked instances that `instance`'s invocation on this node awaits calls to (the node's wait-for graph). */
+  awaitsOf?(instance: string): string[];
   /** The request's bytes, for a request that travelled decoded and now leaves the process. */
   encodeRequest(envelope: Envelope, decoded: Message): Uint8Array;
   /** A reply message's bytes, for a reply that travelled decoded and now leaves the process. */
@@ -123,10 +190,24 @@ export interface Router {
    * shard open now: nothing was taken, retry.
    */
   route(envelope: Envelope, delivery: Delivery, decoded?: Message): Promise<void>;
+  /** What the shard of a call holds for it, here or at its owner (`NodeEndpoint.heldCall`). */
+  heldCall(envelope: Envelope): HeldCall | Promise<HeldCall>;
+  /**
+   * The locked instances `instance` (`type/key`) awaits calls to, asked of
+   * the node its shard is open on: the hops of a search for a call cycle
+   * between nodes.
+   */
+  waitsOf(instance: string): Promise<string[]>;
+  /** Breaks a call cycle at the caller `instance`, on the node its shard is open on (`ShardProcessor.breakCycle`). */
+  breakCycle(instance: string, callee: string, cycle: string): Promise<boolean>;
+  /** Takes a call back from its callee's shard, here or at its owner (`ShardProcessor.withdrawCall`). */
+  withdrawCall(call: Envelope): Promise<boolean>;
   /** Sends a reply, or a made-up Unavailable, to a reply-to address. */
   reply(address: ReplyAddress, outcome: Reply | ShardUnavailableError, output?: Message): void;
   /** This node's end of the transport. */
   readonly endpoint: NodeEndpoint;
+  /** Hands a one-way message consumed from the inbox to a shard's processor on this node. */
+  submitInput(processor: ShardProcessor, envelope: Envelope): Promise<void>;
 }
 
 /** Where the reply of a request goes: its `replyTo`, or this node under the message id. */
@@ -153,6 +234,12 @@ export function createRouter(options: RouterOptions): Router {
     }
   }
 
+  /** The answer to a request forwarded to a node that is no longer its shard's owner. */
+  const ownerGone = (shard: number, owner: string) =>
+    new ShardUnavailableError(
+      `node ${owner}, which took the request for shard ${shard}, no longer owns the shard (it stopped, died or gave the shard up) before it replied; retry (with the same Idempotency-Key: a reply it committed is kept)`,
+    );
+
   const notOpen = (shard: number) =>
     new ShardUnavailableError(`shard ${shard} is not open on this node (starting, recovering or moving to another node); retry`);
 
@@ -160,19 +247,93 @@ export function createRouter(options: RouterOptions): Router {
   function routeTo(envelope: Envelope, delivery: Delivery, decoded: Message | undefined, forward: boolean): Promise<void> {
     try {
       const shard = envelope.shard ?? options.shardFor(envelope);
+      if (options.inbox !== undefined && forward && delivery !== "request") {
+        // One path per shard even for a shard open here: receivers drop an outbox entry
+        // at or below the last sequence they took from its source, so two paths that
+        // could overtake each other (around a takeover) would lose entries.
+        if (decoded !== undefined && envelope.payload.length === 0) envelope.payload = options.encodeRequest(envelope, decoded);
+        return options.inbox.publish(shard, envelope);
+      }
       const processor = options.processorOf(shard);
       if (processor !== undefined) return submitLocal(processor, envelope, delivery, decoded);
       const owner = forward ? directory?.ownerOf(shard) : undefined;
       if (transport === undefined || owner === undefined || owner === nodeId) throw notOpen(shard);
       if (decoded !== undefined && envelope.payload.length === 0) envelope.payload = options.encodeRequest(envelope, decoded);
-      return transport.send(owner, envelope, delivery);
+      const sent = transport.send(owner, envelope, delivery);
+      const address = replyAddressOf(envelope, nodeId);
+      if (delivery !== "request" || address.node !== nodeId) return sent;
+      // The owner has it now; if the owner is gone before it replies, the reply never comes.
+      return sent.then(() => {
+        if (directory?.ownerOf(shard) === owner) replies.forwarded(address.request, owner, shard);
+        else replies.deliver(address.request, ownerGone(shard, owner));
+      });
     } catch (err) {
       return Promise.reject(err);
     }
   }
 
+  directory?.onOwnerGone?.((shard, owner) => replies.failForwarded(owner, shard, ownerGone(shard, owner)));
+
+  /** Here when the shard is open here; else at its owner, when `forward`. */
+  function heldCall(envelope: Envelope, forward: boolean): HeldCall | Promise<HeldCall> {
+    const shard = envelope.shard ?? options.shardFor(envelope);
+    const processor = options.processorOf(shard);
+    if (processor !== undefined) return processor.heldCall(envelope);
+    const owner = forward ? directory?.ownerOf(shard) : undefined;
+    if (transport?.heldCall === undefined || owner === undefined || owner === nodeId) throw notOpen(shard);
+    return transport.heldCall(owner, envelope);
+  }
+
+  /** The shard of instance `type/key`. */
+  const shardOfInstance = (instance: string) => {
+    const slash = instance.indexOf("/");
+    return options.shardFor(create(EnvelopeSchema, { target: { type: instance.slice(0, slash), key: instance.slice(slash + 1) } }));
+  };
+
+  /** Runs `here` on the shard's processor open on this node, else `there` at its owner; false when neither is there. */
+  async function atShard<T>(
+    shard: number,
+    here: (processor: ShardProcessor) => Promise<T> | T,
+    there: ((owner: string) => Promise<T>) | undefined,
+    none: T,
+  ): Promise<T> {
+    const processor = options.processorOf(shard);
+    if (processor !== undefined) return here(processor);
+    const owner = directory?.ownerOf(shard);
+    if (there === undefined || owner === undefined || owner === nodeId) return none;
+    return there(owner);
+  }
+
+  const waitsOfAt = (instance: string) =>
+    atShard(
+      shardOfInstance(instance),
+      () => options.awaitsOf?.(instance) ?? [],
+      transport?.waitsOf && ((owner) => transport.waitsOf?.(owner, instance) ?? Promise.resolve([])),
+      [] as string[],
+    );
+  const breakCycleAt = (instance: string, callee: string, cycle: string, forward: boolean) =>
+    atShard(
+      shardOfInstance(instance),
+      (p) => p.breakCycle(instance, callee, cycle),
+      forward && transport?.breakCycle
+        ? (owner) => transport.breakCycle?.(owner, instance, callee, cycle) ?? Promise.resolve(false)
+        : undefined,
+      false,
+    );
+  const withdrawCallAt = (call: Envelope, forward: boolean) =>
+    atShard(
+      call.shard ?? options.shardFor(call),
+      (p) => p.withdrawCall(call),
+      forward && transport?.withdrawCall ? (owner) => transport.withdrawCall?.(owner, call) ?? Promise.resolve(false) : undefined,
+      false,
+    );
+
   return {
     route: (envelope, delivery, decoded) => routeTo(envelope, delivery, decoded, true),
+    heldCall: (envelope) => heldCall(envelope, true),
+    waitsOf: waitsOfAt,
+    breakCycle: (instance, callee, cycle) => breakCycleAt(instance, callee, cycle, true),
+    withdrawCall: (call) => withdrawCallAt(call, true),
     reply(address, outcome, output) {
       if (address.node === nodeId) {
         replies.deliver(address.request, outcome, output);
@@ -188,6 +349,7 @@ export function createRouter(options: RouterOptions): Router {
         reply = { ...reply, result: { case: "ok", value: options.encodeOutput(output) } };
       transport?.reply(address.node, address.request, { reply });
     },
+    submitInput: (processor, envelope) => submitLocal(processor, envelope, "deliver"),
     endpoint: {
       // Not forwarded again: a message bounces between nodes with stale
       // directories no longer than the sender's retry takes.
@@ -195,6 +357,10 @@ export function createRouter(options: RouterOptions): Router {
       receiveReply(request, outcome) {
         replies.deliver(request, "reply" in outcome ? outcome.reply : new ShardUnavailableError(outcome.unavailable));
       },
+      heldCall: (envelope) => heldCall(envelope, false) as HeldCall,
+      waitsOf: (instance) => options.awaitsOf?.(instance) ?? [],
+      breakCycle: (instance, callee, cycle) => breakCycleAt(instance, callee, cycle, false),
+      withdrawCall: (call) => withdrawCallAt(call, false),
     },
   };
 }

@@ -8,10 +8,14 @@ import type { Logger as PinoLogger } from "pino";
 import { defaults } from "../config/defaults.js";
 import { createStdoutEgress, type Egress } from "../egress/egress.js";
 import { CallCycles } from "../invoker/call-cycles.js";
+import { createRemoteFunctions, type RemoteFunctionsOptions } from "../invoker/remote-functions.js";
+import type { RemoteInvoker } from "../invoker/remote-invoker.js";
+import { assessHealth, type ConnectionHealth, type Health } from "../observe/health.js";
 import { createPinoLogger, type LogLevel, toShoalLogger } from "../observe/logger.js";
 import { createRuntimeMetrics } from "../observe/metrics.js";
 import { shardOf } from "../protocol/shard-hash.js";
 import { type Clock, systemClock } from "../shard/clock.js";
+import { createInstanceCache } from "../shard/instance-cache.js";
 import { createSemaphore } from "../shard/semaphore.js";
 import {
   type RegisteredFunction,
@@ -21,22 +25,30 @@ import {
   ShardUnavailableError,
 } from "../shard/shard-processor.js";
 import { controlHandlers } from "../shard/shard-state.js";
-import type { StorageBackend } from "../storage/storage.js";
+import type { ShardAppendStats, ShardStorage } from "../storage/shard-store.js";
+import { InvalidInputError } from "../storage/storage.js";
+import { createCycleProbe } from "./cycle-probe.js";
 import { allShards, type ShardOwnership } from "./ownership.js";
+import { type KeyPage, mergeInstancePages, type PageRequest } from "./paging.js";
 import { type Answer, createReplyChannel } from "./reply-channel.js";
-import { createRouter, type NodeTransport, replyAddressOf, type ShardDirectory } from "./router.js";
+import { createRouter, type NodeTransport, replyAddressOf, type ShardDirectory, type ShardInbox } from "./router.js";
 
 export type { Answer } from "./reply-channel.js";
 
-/** How often idle shards are asked whether a snapshot is due by bytes or age. */
-const snapshotCheckMs = 1_000;
+/** How often the node drops idle instances from memory and shards sweep expired memos and journals. */
+const maintenanceMs = 1_000;
 
 /** Options of `createRuntime` and `createNodeRuntime`. */
 export interface RuntimeOptions {
   /** The functions this node runs: a module or implementations. */
   readonly functions: ShoalModule | readonly Implementation[];
-  /** Where shards keep their logs and snapshots (`createLocalStorage`, or `createMemoryStorage` in tests). */
-  readonly storage: StorageBackend;
+  /**
+   * Function types whose handlers run in remote endpoints
+   * (`shoal.v1.FunctionService`): their descriptors and endpoints. Default: none.
+   */
+  readonly remote?: RemoteFunctionsOptions;
+  /** Where shards keep their state (`createLocalStorage`, or `createMemoryStorage` in tests). */
+  readonly storage: ShardStorage;
   /** Number of shards; fixed per deployment. Default 64. */
   readonly shards?: number;
   /** Handler code running at once across all instances. Default 1024. */
@@ -51,17 +63,14 @@ export interface RuntimeOptions {
    * `ctx.call` does not count. Default 60 s.
    */
   readonly invokeTimeoutMs?: number;
-  /** Records after which a shard writes a snapshot. Default 10 000. */
-  readonly snapshotEvery?: number;
   /**
-   * Bytes of log the node may write after a shard's oldest record that no
-   * snapshot covers before that shard writes a snapshot. This bounds the log
-   * on disk (to about this plus one segment), and so the time a restart
-   * takes, whatever the number of shards. Default 32 MiB.
+   * Decoded instances the node holds in memory, across its shards; beyond
+   * this the least recently used are dropped, and read back from the store
+   * on their next message. Default 10 000.
    */
-  readonly snapshotLogBytes?: number;
-  /** Age of a shard's oldest record that no snapshot covers at which it writes one, in ms. Default 10 minutes. */
-  readonly snapshotAfterMs?: number;
+  readonly instanceCacheSize?: number;
+  /** Time after its last use at which an instance is dropped from memory, in ms. Default 60 s. */
+  readonly instanceIdleMs?: number;
   /** Largest request body the ingress accepts, in bytes. Default 4 MiB. */
   readonly maxRequestBytes?: number;
   /**
@@ -101,6 +110,12 @@ export interface RuntimeOptions {
   /** How this node reaches the other nodes (`createInProcessTransport`). Default: none. */
   readonly transport?: NodeTransport;
   /**
+   * Where one-way messages go, to any shard, and where the shards open here
+   * take theirs from (the cluster's inputs stream, `createShardInputs`).
+   * Default: none; they go straight to the shard, here or over `transport`.
+   */
+  readonly inbox?: ShardInbox;
+  /**
    * Whether `close()` closes `storage`. Default `true`. Set `false` when
    * several nodes share one backend, and close it after every node closed.
    */
@@ -133,6 +148,12 @@ export interface NodeRuntime {
    * waiting requests Unavailable (they retry) and closes its log.
    */
   releaseShard(shard: number): Promise<void>;
+  /**
+   * Whether this node is ready to serve, served by `listen` at `GET /healthz`:
+   * not while a shard it owns is unavailable, nor while its storage's
+   * connection (NATS) is lost.
+   */
+  health(): Health;
   /** Prometheus metrics of this node, served by `listen` at `GET /metrics`. */
   metrics(): Promise<{ contentType: string; text: string }>;
   /** Opens and recovers every shard, then resumes pending work. */
@@ -143,6 +164,19 @@ export interface NodeRuntime {
   stateBytesOf(typeName: string, key: string): Uint8Array | undefined;
   /** The keys of a function type's instances with state, across this node's shards. */
   keysOf(typeName: string): string[];
+  /**
+   * A page of the keys of a function type's instances with state, across
+   * this node's shards: the first `limit` after `after`, in key order, from
+   * a page of each shard (never every key of a shard).
+   */
+  listInstances(typeName: string, request: PageRequest): KeyPage;
+  /**
+   * Copies the node's store into `directory` (new or empty; relative to the
+   * working directory) while it serves (`ShardStorage.backup`); resolves
+   * `undefined` when the backend cannot copy itself online. Rejects with
+   * `StorageError` when the directory is not usable.
+   */
+  backup(directory: string): Promise<{ directory: string; bytes: number } | undefined>;
   /** Every instance of a function type with its state. */
   instancesOf<S extends DescMessage>(
     fn: FunctionType<GenService<GenServiceMethods>, S, unknown>,
@@ -153,6 +187,10 @@ export interface NodeRuntime {
   deadLetters(): Array<{ shard: number; letter: DeadLetter }>;
   /** Storage counters, when the backend keeps them. */
   storageStats(): { groups: number; records: number; bytes: number } | undefined;
+  /** The storage's connection to its servers (NATS), when its backend has one. */
+  storageConnection(): ConnectionHealth | undefined;
+  /** Per-shard log appends and the sequence applied (the nats backend's WALs), when the backend has a replicated log. */
+  appendStats(): readonly ShardAppendStats[] | undefined;
   /** Resolves when no invocation is running. */
   whenIdle(): Promise<void>;
   /** Stops every shard and closes the storage. */
@@ -181,6 +219,11 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
   const shards = options.shards ?? defaults.shards;
   if (!Number.isInteger(shards) || shards < 1 || shards > 65536)
     throw new Error(`shards must be an integer from 1 to 65536, got ${shards}`);
+  for (const name of ["instanceCacheSize", "instanceIdleMs"] as const) {
+    const value = options[name];
+    if (value !== undefined && (!Number.isSafeInteger(value) || value < 1))
+      throw new Error(`${name} must be a positive integer, got ${value} (default ${defaults[name]})`);
+  }
   const nodeId = options.nodeId ?? randomUUID();
   const clock = options.clock ?? systemClock;
   const pinoLogger = typeof options.logger === "object" ? options.logger : createPinoLogger(options.logger ?? defaults.logLevel);
@@ -190,6 +233,25 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
   for (const impl of implementations) {
     if (functions.has(impl.fn.typeName)) throw new Error(`${impl.fn.typeName} is implemented twice`);
     functions.set(impl.fn.typeName, { fn: impl.fn, handlers: impl.handlers });
+  }
+  const metrics = createRuntimeMetrics({
+    shardStats: () => runtime.status(),
+    storageStats: () => options.storage.stats?.(),
+    connection: () => options.storage.connection?.(),
+    appendStats: () => options.storage.appendStats?.(),
+  });
+  const remoteInvokers = new Map<string, RemoteInvoker>();
+  for (const { fn, invoker } of options.remote === undefined
+    ? []
+    : createRemoteFunctions(options.remote, { logger, metrics, createLimit: createSemaphore })) {
+    if (functions.has(fn.typeName)) {
+      for (const i of remoteInvokers.values()) i.close();
+      invoker.close();
+      throw new Error(`${fn.typeName} is both in the module and served by a remote endpoint (${invoker.endpoint}); keep one`);
+    }
+    // No handler code here: its invoker runs them at the endpoint.
+    functions.set(fn.typeName, { fn, handlers: {} });
+    remoteInvokers.set(fn.typeName, invoker);
   }
   const files = new Set<DescFile>();
   for (const { fn } of functions.values()) files.add(fn.service.file);
@@ -205,12 +267,15 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
   const recovering = new Set<number>();
   const acquiring = new Map<number, Promise<void>>();
   const replies = createReplyChannel();
+  const callCycles = new CallCycles();
   const router = createRouter({
     nodeId,
+    awaitsOf: (instance) => callCycles.awaitsOf(instance),
     processorOf: (shard) => processors[shard],
     shardFor,
     directory: options.directory,
     transport: options.transport,
+    inbox: options.inbox,
     replies,
     encodeRequest(envelope, decoded) {
       const input = functions.get(envelope.target?.type ?? "")?.fn.handlers.get(envelope.handler)?.method.input;
@@ -226,7 +291,40 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
   let detach: (() => void) | undefined;
   let closed = false;
   let started: Promise<void> | undefined;
-  let snapshotChecks: NodeJS.Timeout | undefined;
+  let maintenance: NodeJS.Timeout | undefined;
+
+  /** Each open shard's consumer of its inbox, settling once the previous one stopped. */
+  const consumers = new Map<number, Promise<{ stop(): Promise<void> } | undefined>>();
+
+  /** Starts consuming the shard's inbox for `processor`, once the consumer of the shard's previous processor has stopped. */
+  function consumeInputs(processor: ShardProcessor) {
+    const inbox = options.inbox;
+    if (inbox === undefined) return;
+    const shard = processor.shard;
+    const previous = stopInputs(shard);
+    // One consumer per processor: a consumer's refused input must not reach a later processor before the inputs behind it.
+    consumers.set(
+      shard,
+      previous.then(() =>
+        processors[shard] === processor && !closed
+          ? inbox.consume(shard, async (envelope) => {
+              const target = envelope.shard ?? shardFor(envelope);
+              if (target !== shard)
+                throw new InvalidInputError(
+                  `message ${envelope.id} for ${envelope.target?.type}/${envelope.target?.key} belongs to shard ${target}, not ${shard}`,
+                );
+              return router.submitInput(processor, envelope);
+            })
+          : undefined,
+      ),
+    );
+  }
+
+  function stopInputs(shard: number): Promise<void> {
+    const consumer = consumers.get(shard);
+    consumers.delete(shard);
+    return consumer?.then((c) => c?.stop()) ?? Promise.resolve();
+  }
 
   function processorFor(shard: number): ShardProcessor {
     const processor = processors[shard];
@@ -244,6 +342,15 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
     return shardOf(target.type, target.key, shards);
   }
 
+  // Only nodes with others to ask search beyond their own wait-for graph.
+  const probeCycle =
+    options.transport === undefined
+      ? undefined
+      : createCycleProbe({
+          waitsOf: (instance) => router.waitsOf(instance),
+          breakCycle: (instance, callee, cycle) => router.breakCycle(instance, callee, cycle),
+          logger,
+        });
   const host: ShardHost = {
     nodeId,
     clock,
@@ -251,20 +358,21 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
     slots: createSemaphore(options.maxConcurrentInvocations ?? defaults.maxConcurrentInvocations),
     retry,
     memoRetentionMs: options.memoRetentionMs ?? defaults.memoRetentionMs,
-    snapshotEvery: options.snapshotEvery ?? defaults.snapshotEvery,
-    snapshotLogBytes: options.snapshotLogBytes ?? defaults.snapshotLogBytes,
-    snapshotAfterMs: options.snapshotAfterMs ?? defaults.snapshotAfterMs,
-    logBytesWritten: () => options.storage.stats?.().bytes ?? 0,
-    logger,
-    metrics: createRuntimeMetrics({
-      shardStats: () => runtime.status(),
-      storageStats: () => options.storage.stats?.(),
+    instanceCache: createInstanceCache({
+      size: options.instanceCacheSize ?? defaults.instanceCacheSize,
+      idleMs: options.instanceIdleMs ?? defaults.instanceIdleMs,
+      now: () => clock.now(),
     }),
-    callCycles: new CallCycles(),
+    logger,
+    metrics,
+    callCycles,
     invokeTimeoutMs: options.invokeTimeoutMs ?? defaults.invokeTimeoutMs,
+    callResendMs: defaults.callResendMs,
+    invokerFor: (type) => remoteInvokers.get(type),
     invocationLogger: (fields) => toShoalLogger(pinoLogger.child(fields)),
     lookup: (name) => functions.get(name),
     shardOf: (type, key) => shardOf(type, key, shards),
+    shardFor,
     call(envelope) {
       const target = envelope.target;
       if (target === undefined || !functions.get(target.type)?.fn.handlers.has(envelope.handler)) {
@@ -272,7 +380,9 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
       }
       return runtime.request(envelope).then((answer) => answer.reply);
     },
-    heldCall: (envelope) => processorFor(shardFor(envelope)).heldCall(envelope),
+    heldCall: (envelope) => router.heldCall(envelope),
+    probeCycle: probeCycle && ((from, to) => void probeCycle(from, to)),
+    withdrawCall: (call) => router.withdrawCall(call),
     deliver(envelope) {
       const target = envelope.target;
       if (target === undefined) return Promise.reject(new Error(`outbox envelope ${envelope.id} has no target`));
@@ -287,7 +397,7 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
       logger.info(`shard ${processor.shard}: another node took it over; its requests here are answered Unavailable`, {
         error: error.message,
       });
-      forget(processor.shard);
+      void forget(processor.shard);
       void processor.close();
     },
     hasEgress: (name) => egressNamed(name) !== undefined,
@@ -301,15 +411,14 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
         error: error instanceof Error ? error.message : String(error),
       });
       processors[shard] = undefined;
+      void stopInputs(shard);
       if (ownership.owns(shard)) void recoverShard(shard);
     },
   };
 
   async function openShard(shard: number): Promise<ShardProcessor> {
-    const log = await options.storage.openShard(shard, nodeId);
-    const processor = new ShardProcessor(shard, log, host);
-    await processor.recover();
-    return processor;
+    const store = await options.storage.openShard(shard, nodeId);
+    return new ShardProcessor(shard, store, host);
   }
 
   async function recoverShard(shard: number) {
@@ -323,6 +432,7 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
           const processor = await openShard(shard);
           processors[shard] = processor;
           processor.start();
+          consumeInputs(processor);
           logger.info(`shard ${shard}: recovered from storage`);
           return;
         } catch (err) {
@@ -335,10 +445,11 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
   }
 
   /** This node no longer has the shard: route its messages to whoever does. */
-  function forget(shard: number) {
+  function forget(shard: number): Promise<void> {
     processors[shard] = undefined;
     ownership.release(shard);
     options.directory?.setOwner(shard, undefined, nodeId);
+    return stopInputs(shard);
   }
 
   async function acquire(shard: number) {
@@ -353,6 +464,20 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
     ownership.acquire(shard);
     options.directory?.setOwner(shard, nodeId);
     processor.start();
+    consumeInputs(processor);
+  }
+
+  function allInstances(typeName: string): Array<{ key: string; state: Uint8Array }> {
+    const out: Array<{ key: string; state: Uint8Array }> = [];
+    for (const p of processors) {
+      let after: string | undefined;
+      do {
+        const page = p?.listInstances(typeName, { after, limit: 1_000 });
+        out.push(...(page?.instances ?? []));
+        after = page?.next;
+      } while (after !== undefined);
+    }
+    return out;
   }
 
   const runtime: NodeRuntime = {
@@ -367,6 +492,14 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
     async metrics() {
       const registry = host.metrics.registry;
       return { contentType: registry.contentType, text: await registry.metrics() };
+    },
+    health() {
+      const owned = ownership.owned();
+      const unavailable = owned.filter((shard) => {
+        const processor = processors[shard];
+        return processor === undefined || processor.stats().failed !== undefined;
+      }).length;
+      return assessHealth({ owned: owned.length, unavailable, connection: options.storage.connection?.() });
     },
     start() {
       started ??= (async () => {
@@ -384,11 +517,12 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
         }
         for (const p of opened) p.resumeDeliveries();
         for (const p of opened) p.resumeProcessing();
-        // A shard that stopped appending still pins the log its records are in.
-        snapshotChecks = setInterval(() => {
-          for (const p of processors) p?.snapshotIfDue();
-        }, snapshotCheckMs);
-        snapshotChecks.unref();
+        for (const p of opened) consumeInputs(p);
+        maintenance = setInterval(() => {
+          host.instanceCache.sweep();
+          for (const p of processors) p?.maintain();
+        }, maintenanceMs);
+        maintenance.unref();
       })();
       return started;
     },
@@ -419,7 +553,7 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
     async releaseShard(shard) {
       await acquiring.get(shard)?.catch(() => {});
       const processor = processors[shard];
-      forget(shard);
+      await forget(shard);
       await processor?.close();
     },
     stateOf(fn, key) {
@@ -429,29 +563,37 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
       return fromBinary(fn.state, bytes) as Message as never;
     },
     stateBytesOf: (typeName, key) => processorFor(shardOf(typeName, key, shards)).stateOf(typeName, key),
-    keysOf: (typeName) => processors.flatMap((p) => (p === undefined ? [] : p.instancesOf(typeName).map((i) => i.key))),
+    keysOf: (typeName) => allInstances(typeName).map((i) => i.key),
     instancesOf(fn) {
-      const out: Array<{ key: string; state: never }> = [];
-      for (const p of processors) {
-        if (p === undefined || fn.state === undefined) continue;
-        for (const { key, state } of p.instancesOf(fn.typeName)) out.push({ key, state: fromBinary(fn.state, state) as never });
-      }
-      return out;
+      const schema = fn.state;
+      if (schema === undefined) return [];
+      return allInstances(fn.typeName).map(({ key, state }) => ({ key, state: fromBinary(schema, state) as never }));
     },
     status: () => processors.flatMap((p) => (p === undefined ? [] : [p.stats()])),
     deadLetters: () => processors.flatMap((p) => (p === undefined ? [] : p.deadLetters().map((letter) => ({ shard: p.shard, letter })))),
     storageStats: () => options.storage.stats?.(),
+    storageConnection: () => options.storage.connection?.(),
+    appendStats: () => options.storage.appendStats?.(),
+    backup: (directory) => options.storage.backup?.(directory) ?? Promise.resolve(undefined),
+    listInstances: (typeName, request) =>
+      mergeInstancePages(
+        processors.flatMap((p) => (p === undefined ? [] : [p.listInstances(typeName, request)])),
+        request.limit,
+      ),
     async whenIdle() {
       await Promise.all(processors.map((p) => p?.whenIdle()));
     },
     async close() {
       closed = true;
       await started?.catch(() => {});
-      clearInterval(snapshotChecks);
+      clearInterval(maintenance);
       detach?.();
       await Promise.all([...acquiring.values()].map((p) => p.catch(() => {})));
+      // Before the processors close: what a consumer submitted is acknowledged only once durable.
+      await Promise.all([...consumers.keys()].map(stopInputs));
       await Promise.all(processors.map((p) => p?.close()));
       replies.failAll(new ShardUnavailableError(`node ${nodeId} is closing; the reply is unknown (retry with the same Idempotency-Key)`));
+      for (const invoker of new Set(remoteInvokers.values())) invoker.close();
       if (options.closeStorage ?? true) await options.storage.close();
       pinoLogger.flush?.();
     },

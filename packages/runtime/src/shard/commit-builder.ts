@@ -199,7 +199,7 @@ export function buildCommit(input: CommitInput): Commit {
 }
 
 /** A call's reply as a `$result` message to the caller's shard, or undefined when the message was no call. */
-function callResultEnvelope(envelope: Envelope, reply: Reply): Envelope | undefined {
+export function callResultEnvelope(envelope: Envelope, reply: Reply): Envelope | undefined {
   const replyTo = envelope.replyTo?.kind;
   if (replyTo?.case !== "call" || replyTo.value.caller === undefined) return undefined;
   const target = envelope.target;

@@ -20,6 +20,7 @@ function deliveriesWith(failures: number, overrides: Partial<DeliveryHost> = {})
       attempts.push(envelope);
       if (attempts.length <= failures) throw new Error("target shard unavailable");
     },
+    targetShard: (envelope) => Number(envelope.target?.key ?? 0),
     emitEgress: async () => {},
     append: async (records) => written(records),
     closed: () => false,
@@ -38,6 +39,23 @@ describe("deliveries", () => {
     const commit = commitOf(await appended);
     expect(attempts.map((e) => e.id)).toEqual(["m1", "m1", "m1"]);
     expect(commit?.acked).toEqual([7n]);
+  });
+
+  it("delivers the entries to one target shard in sequence order, a later one only once the earlier is delivered", async () => {
+    const to = (id: string, shard: number) => create(EnvelopeSchema, { id, target: { type: "t", key: String(shard) } });
+    const acked: bigint[] = [];
+    const { deliveries, attempts } = deliveriesWith(1, {
+      append: async (records) => void acked.push(...(commitOf(records)?.acked ?? [])),
+    });
+    deliveries.deliverOutbox(1n, to("first", 1));
+    deliveries.deliverOutbox(3n, to("third", 1));
+    deliveries.deliverOutbox(2n, to("other target", 2));
+    // Recovery handing an entry that is already queued again.
+    deliveries.deliverOutbox(3n, to("third", 1));
+    await expect.poll(() => acked.length).toBe(3);
+    // "first" failed once: "third", behind it, waited for its retry; the other target did not.
+    expect(attempts.map((e) => e.id)).toEqual(["first", "other target", "first", "third"]);
+    expect(acked).toEqual([2n, 1n, 3n]);
   });
 
   it("records an emitted egress message as delivered", async () => {

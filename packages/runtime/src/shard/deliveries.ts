@@ -4,12 +4,17 @@ import { CommitSchema, type EgressMessage, type Envelope, type LogRecord, LogRec
 
 /**
  * What leaves a shard after its commit is durable: outbox entries to their
- * target shards (retried until the receiver has them durably) and egress
+ * target shards (retried until the receiver has them durably, in sequence
+ * order per target shard) and egress
  * messages to their sinks, and the record that they arrived (acknowledgements
  * and egress deliveries), which rides on the shard's next commit.
  */
 export interface Deliveries {
-  /** Hands a committed outbox entry to its target shard, retrying with backoff until it is durable there. */
+  /**
+   * Hands a committed outbox entry to its target shard, retrying with backoff
+   * until it is durable there. Entries to one target shard are delivered one
+   * at a time, lowest sequence first; an entry already queued is ignored.
+   */
   deliverOutbox(sequence: bigint, envelope: Envelope): void;
   /** Hands a committed egress message to its sink; one that fails is emitted again on recovery. */
   emitEgress(message: EgressMessage): void;
@@ -37,6 +42,8 @@ export interface DeliveryHost {
   readonly logger: Logger;
   /** Hands an outbox envelope to its target shard; resolves once the target has it durably. */
   deliver(envelope: Envelope): Promise<void>;
+  /** The shard `deliver` takes an outbox envelope to. */
+  targetShard(envelope: Envelope): number;
   /** Hands an egress message to its egress; resolves once delivered. */
   emitEgress(message: EgressMessage): Promise<void>;
   /** Appends records to the shard's log; throws `RecordEncodingError` at once, and records any other failure itself. */
@@ -50,14 +57,52 @@ export interface DeliveryHost {
 /** Acknowledgements wait this long for a commit to ride on before an idle shard writes them alone. */
 const flushAfterMs = 50;
 
+/** The outbox entries to one target shard not delivered yet, lowest sequence first. */
+interface TargetQueue {
+  readonly entries: Array<{ readonly sequence: bigint; readonly envelope: Envelope }>;
+  /** Whether the head is being delivered (or waits for its retry). */
+  busy: boolean;
+}
+
 /** Creates the deliveries of one shard. */
 export function createDeliveries(host: DeliveryHost): Deliveries {
   let acked: bigint[] = [];
   let egressDelivered: string[] = [];
   let flush: NodeJS.Timeout | undefined;
+  const queues = new Map<number, TargetQueue>();
 
-  function deliverOutbox(sequence: bigint, envelope: Envelope, attempt: number) {
-    if (host.stopped()) return;
+  function targetOf(envelope: Envelope): number {
+    try {
+      return host.targetShard(envelope);
+    } catch {
+      // Unroutable: `deliver` rejects it and names why; it waits in a queue of its own.
+      return -1;
+    }
+  }
+
+  // The receiver drops an entry at or below the highest sequence it took from
+  // this shard, so an entry must never reach its target after a later one:
+  // one entry in flight per target shard, the next only once it is acked.
+  function enqueue(sequence: bigint, envelope: Envelope) {
+    const target = targetOf(envelope);
+    const queue = queues.get(target) ?? { entries: [], busy: false };
+    queues.set(target, queue);
+    const { entries } = queue;
+    let at = entries.length;
+    while (at > 0 && (entries[at - 1]?.sequence ?? 0n) >= sequence) at--;
+    if (entries[at]?.sequence === sequence) return;
+    entries.splice(at, 0, { sequence, envelope });
+    if (!queue.busy) deliverHead(target, queue, 0);
+  }
+
+  function deliverHead(target: number, queue: TargetQueue, attempt: number) {
+    const head = queue.entries[0];
+    if (host.stopped() || head === undefined) {
+      queues.delete(target);
+      return;
+    }
+    queue.busy = true;
+    const { sequence, envelope } = head;
     // Until the receiver has it durably the entry stays in the outbox: retry
     // (the receiver drops duplicates by source and sequence).
     let delivered: Promise<void>;
@@ -68,14 +113,19 @@ export function createDeliveries(host: DeliveryHost): Deliveries {
     }
     delivered.then(
       () => {
+        queue.entries.splice(queue.entries.indexOf(head), 1);
         acked.push(sequence);
         scheduleFlush();
+        deliverHead(target, queue, 0);
       },
       (err) => {
         const delay = Math.min(5_000, 50 * 2 ** attempt);
         if (attempt === 3)
-          host.logger.warn(`shard ${host.shard}: outbox delivery ${sequence} keeps failing; retrying`, { error: String(err) });
-        const timer = setTimeout(() => deliverOutbox(sequence, envelope, attempt + 1), delay);
+          host.logger.warn(
+            `shard ${host.shard}: outbox delivery ${sequence} to shard ${target} keeps failing; retrying (later entries to that shard wait for it)`,
+            { error: String(err) },
+          );
+        const timer = setTimeout(() => deliverHead(target, queue, attempt + 1), delay);
         timer.unref?.();
       },
     );
@@ -107,9 +157,7 @@ export function createDeliveries(host: DeliveryHost): Deliveries {
   }
 
   return {
-    deliverOutbox(sequence, envelope) {
-      deliverOutbox(sequence, envelope, 0);
-    },
+    deliverOutbox: enqueue,
     emitEgress(message) {
       Promise.resolve()
         .then(() => host.emitEgress(message))

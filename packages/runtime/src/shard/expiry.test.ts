@@ -11,8 +11,8 @@ function expiryWith(instances: Map<string, InstanceRecord>) {
   const appended: LogRecord[] = [];
   const expiry = createExpiry({
     clock,
-    instance: (id) => instances.get(id),
-    due: (id) => due.push(id),
+    instance: (type, key) => instances.get(instanceId(type, key)),
+    due: (type, key) => due.push(instanceId(type, key)),
     append: async (records) => {
       appended.push(...records);
     },

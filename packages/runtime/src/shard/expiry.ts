@@ -17,13 +17,13 @@ export interface Expiry {
 export interface ExpiryHost {
   readonly clock: Clock;
   /** The instance's committed record, if it has one. */
-  instance(id: string): InstanceRecord | undefined;
+  instance(type: string, key: string): InstanceRecord | undefined;
   /**
    * A timer fired: queue the expiry behind the instance's running invocation
    * (its mailbox), which then calls `expire`, so it never clears a state an
    * invocation is about to write.
    */
-  due(id: string, type: string, key: string): void;
+  due(type: string, key: string): void;
   /** Appends records to the shard's log; throws `RecordEncodingError` at once, and records any other failure itself. */
   append(records: LogRecord[]): Promise<void>;
 }
@@ -37,12 +37,12 @@ export function createExpiry(host: ExpiryHost): Expiry {
       timers.get(id)?.();
       const cancel = host.clock.schedule(atMs - host.clock.now(), () => {
         timers.delete(id);
-        host.due(id, type, key);
+        host.due(type, key);
       });
       timers.set(id, cancel);
     },
     expire(type, key) {
-      const instance = host.instance(instanceId(type, key));
+      const instance = host.instance(type, key);
       if (instance === undefined || instance.expiresAtMs === 0 || instance.expiresAtMs > host.clock.now()) return;
       const commit = create(CommitSchema, { stateWrites: [{ address: { type, key }, clear: true }] });
       try {

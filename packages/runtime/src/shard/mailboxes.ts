@@ -7,12 +7,18 @@
 export interface Mailboxes<Item> {
   /** Queues an item for instance `id`, and starts running that instance's items unless they run already. */
   enqueue(id: string, item: Item): void;
+  /** The items queued for instance `id` that have not started, in order (the running one is not among them). */
+  queued(id: string): readonly Item[];
+  /** Takes `item` out of instance `id`'s queue if it has not started; whether it was there. */
+  remove(id: string, item: Item): boolean;
   /** An invocation started (exclusive or not): the shard is busy until `finished`. */
   started(): void;
   /** An invocation that `started` has finished. */
   finished(): void;
   /** Resolves when no invocation is running (for tests and shutdown). */
   whenIdle(): Promise<void>;
+  /** Whether instance `id` has items queued or running. */
+  busy(id: string): boolean;
 }
 
 /** What the mailboxes need from their shard. */
@@ -58,12 +64,25 @@ export function createMailboxes<Item>(options: MailboxOptions<Item>): Mailboxes<
       mailbox.items.push(item);
       if (!mailbox.running) void pump(id, mailbox);
     },
+    queued(id) {
+      return mailboxes.get(id)?.items ?? [];
+    },
+    remove(id, item) {
+      const items = mailboxes.get(id)?.items;
+      const at = items?.indexOf(item) ?? -1;
+      if (items === undefined || at < 0) return false;
+      items.splice(at, 1);
+      return true;
+    },
     started() {
       running++;
     },
     finished() {
       running--;
       if (running === 0) for (const resolve of idle.splice(0)) resolve();
+    },
+    busy(id) {
+      return mailboxes.has(id);
     },
     whenIdle() {
       if (running === 0) return Promise.resolve();

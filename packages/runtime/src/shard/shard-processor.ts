@@ -6,32 +6,37 @@ import {
   CallResultInputSchema,
   CallResultSchema,
   type Commit,
+  CommitSchema,
   type DeadLetter,
   type EgressMessage,
   type Envelope,
   EnvelopeSchema,
   errorReply,
-  instanceId,
   type LogRecord,
   LogRecordSchema,
   memoIdOf,
   type Reply,
   requestHash,
+  resentCallResultId,
   sameBytes,
 } from "@shoal/sdk/internal";
 import type { CallCycles } from "../invoker/call-cycles.js";
+import { createDeadlines, type Deadlines } from "../invoker/deadlines.js";
 import { createEmbeddedInvoker, type RegisteredFunction } from "../invoker/embedded-invoker.js";
-import type { AwaitedCall, Invoker, MessageOutcome } from "../invoker/invoker.js";
+import type { AwaitedCall, InvokeMessage, InvokeRequest, Invoker, MessageOutcome } from "../invoker/invoker.js";
+import { checkInvokeResponse } from "../invoker/response-check.js";
 import { lazyLogger } from "../observe/logger.js";
 import type { RuntimeMetrics } from "../observe/metrics.js";
-import { FencedError, RecordEncodingError, type ShardLog } from "../storage/storage.js";
+import type { ShardStore, WriteResult } from "../storage/shard-store.js";
+import { FencedError, RecordEncodingError } from "../storage/storage.js";
 import type { Clock } from "./clock.js";
-import { buildCommit, envelopeHash, type PendingEffects, pendingEffects } from "./commit-builder.js";
+import { buildCommit, callResultEnvelope, envelopeHash, type PendingEffects, pendingEffects } from "./commit-builder.js";
 import { createDeliveries, type Deliveries } from "./deliveries.js";
 import { createExpiry, type Expiry } from "./expiry.js";
+import type { InstanceCache } from "./instance-cache.js";
 import { createMailboxes, type Mailboxes } from "./mailboxes.js";
 import { createSlot, type Semaphore, type Slot } from "./semaphore.js";
-import { controlHandlers, ShardState } from "./shard-state.js";
+import { controlHandlers, instanceKey, ShardState } from "./shard-state.js";
 
 export type { RegisteredFunction } from "../invoker/embedded-invoker.js";
 
@@ -53,24 +58,29 @@ export interface ShardHost {
   readonly slots: Semaphore;
   readonly retry: RetryPolicy;
   readonly memoRetentionMs: number;
-  readonly snapshotEvery: number;
-  /** Log bytes the node may write after a shard's oldest unsnapshotted record before that shard snapshots. */
-  readonly snapshotLogBytes: number;
-  /** Age of a shard's oldest unsnapshotted record at which it snapshots, in ms. */
-  readonly snapshotAfterMs: number;
-  /** Bytes the node's storage has written so far (0 when it does not count them). */
-  logBytesWritten(): number;
+  /** The node's decoded instances (passivation): shards read an instance from their store when it is not there. */
+  readonly instanceCache: InstanceCache;
   readonly logger: Logger;
   readonly metrics: RuntimeMetrics;
   /** The node's call-cycle detector: which locked instance awaits calls to which. */
   readonly callCycles: CallCycles;
   /** Runs handlers; default: in this process (the embedded invoker). */
   readonly invoker?: Invoker;
+  /**
+   * The invoker of a function type whose handlers run elsewhere (a remote
+   * endpoint), instead of `invoker`; `maxBatch`: queued messages of one
+   * instance it takes per request (default 1).
+   */
+  invokerFor?(type: string): (Invoker & { readonly maxBatch?: number }) | undefined;
   /** Time an invoker has to answer one invocation before it is abandoned and retried, in ms. */
   readonly invokeTimeoutMs: number;
+  /** How long an invocation awaits its calls' results before it sends the calls again, in ms (`defaults.callResendMs`). */
+  readonly callResendMs?: number;
   invocationLogger(fields: Record<string, unknown>): Logger;
   lookup(typeName: string): RegisteredFunction | undefined;
   shardOf(type: string, key: string): number;
+  /** The shard a message goes to when its envelope names none (the router's choice). */
+  shardFor(envelope: Envelope): number;
   /**
    * Runs a call at its target and resolves with the callee's committed reply;
    * rejects when that reply cannot be had now (the callee's shard is shutting
@@ -81,7 +91,19 @@ export interface ShardHost {
    * What the callee's shard holds for a call: its kept reply, or the call
    * still to run. Throws ShardUnavailableError when the shard is not open.
    */
-  heldCall(envelope: Envelope): "kept" | "inflight" | undefined;
+  heldCall(envelope: Envelope): HeldCall | Promise<HeldCall>;
+  /**
+   * Searches the wait-for graphs of the other nodes for a cycle that a call
+   * from locked `from` to locked `to`, just delivered, closes (two chains
+   * crossing between nodes), and breaks it. Optional: without it only this
+   * node's graph is searched, when the call is made.
+   */
+  probeCycle?(from: string, to: string): void;
+  /**
+   * Takes a call back from its callee's shard, here or at its owner, if it
+   * has not started there (`ShardProcessor.withdrawCall`): whether it did.
+   */
+  withdrawCall?(call: Envelope): Promise<boolean>;
   /** Hands an outbox envelope to its target shard; resolves once the target has it durably. */
   deliver(envelope: Envelope): Promise<void>;
   /** Whether an egress of this name is configured. */
@@ -122,6 +144,20 @@ type MailboxItem =
   | { readonly kind: "message"; readonly envelope: Envelope }
   | { readonly kind: "expire"; readonly type: string; readonly key: string };
 
+/** The answer made up for a call that would close a call cycle (never committed). */
+function cycleAnswer(call: Pick<Envelope, "callId" | "target" | "handler" | "payload">, cycle: string): CallResult {
+  return create(CallResultSchema, {
+    callId: call.callId,
+    target: call.target,
+    handler: call.handler,
+    requestHash: requestHash(call.payload),
+    reply: errorReply(Code.FailedPrecondition, cycle),
+  });
+}
+
+/** What a shard holds for a call: its kept reply, the call still to run there, or nothing. */
+export type HeldCall = "kept" | "inflight" | undefined;
+
 /**
  * The shard cannot accept a message or cannot get a reply now; nothing was
  * committed for it by the runtime, so a retry (same key or call id) is safe.
@@ -154,38 +190,58 @@ export class ShardProcessor {
   private readonly timers = new Map<string, () => void>();
   private readonly expiry: Expiry;
   private readonly deliveries: Deliveries;
-  private recordsSinceSnapshot = 0;
-  /**
-   * When the oldest record no snapshot covers was written (clock ms and the
-   * node's log bytes then): it pins the log from there on, so the log stays
-   * bounded only if every shard snapshots by bytes and age, not just by count.
-   */
-  private unsnapshotted: { readonly atMs: number; readonly logBytes: number } | undefined;
-  /** The last append's durable promise: a snapshot must not get ahead of it. */
-  private lastDurable: Promise<void> = Promise.resolve();
-  /** Journal (invocation id) -> when a snapshot first found its invocation neither pending nor in flight. */
+  /** Journal (invocation id) -> when a sweep first found its invocation neither pending nor in flight. */
   private readonly orphanedSince = new Map<string, number>();
-  /** Pending message id -> how often its invocation was interrupted in a row. */
-  private readonly interruptions = new Map<string, number>();
   /** Suspended invocation id -> the calls whose results it awaits, and how to wake it (with an error: stop). */
-  private readonly awaiting = new Map<string, { readonly callIds: readonly string[]; readonly wake: (stopped?: Error) => void }>();
+  private readonly awaiting = new Map<
+    string,
+    {
+      readonly callIds: readonly string[];
+      readonly wake: (stopped?: Error) => void;
+      /** The instance it holds locked while it waits (undefined: it holds no lock), and the calls it sent. */
+      readonly locked?: string;
+      readonly calls: readonly Envelope[];
+    }
+  >();
   /**
    * Invocation id -> answers the runtime made up for its calls (a cycle):
    * given to its re-runs, never committed (only a callee's reply is final).
    */
   private readonly madeUp = new Map<string, CallResult[]>();
   private readonly invoker: Invoker;
-  private snapshotting = false;
+  /** Invoke timeouts (`invokeTimeoutMs`), all on one timer. */
+  private readonly deadlines: Deadlines;
+  /**
+   * Outcomes an invoker gave for messages sent along in a batch behind the one
+   * it was asked to run, by message id: each is used when its message's turn
+   * comes if the instance's state and the message's journal are then what the
+   * invoker ran it on (everything before it committed as answered); otherwise
+   * it is dropped and the message runs again.
+   */
+  private readonly ranAhead = new Map<
+    string,
+    { readonly state: Uint8Array | undefined; readonly journal: number; readonly outcome: MessageOutcome }
+  >();
+  /** Commits appended and not yet released (durable), so that `whenIdle` covers what they release. */
+  private readonly releasing = new Set<Promise<void>>();
+  /**
+   * Clock ms up to which the store's expiry index was read into timers: an
+   * expiry further out waits in the index for a later sweep (a write of this
+   * process arms its own timer).
+   */
+  private expiryArmedUpTo: number | undefined;
+  private journalsSweptAtMs = Number.NEGATIVE_INFINITY;
   private failed: Error | undefined;
   private closed = false;
 
   constructor(
     readonly shard: number,
-    private readonly log: ShardLog,
+    private readonly store: ShardStore,
     private readonly host: ShardHost,
   ) {
-    this.state = new ShardState(shard);
+    this.state = ShardState.open(store, host.instanceCache);
     this.invoker = host.invoker ?? createEmbeddedInvoker(host);
+    this.deadlines = createDeadlines(host.invokeTimeoutMs);
     const stopped = () => this.failed !== undefined || this.closed;
     const append = (records: LogRecord[]) => this.append(records);
     this.mailboxes = createMailboxes<MailboxItem>({
@@ -196,16 +252,21 @@ export class ShardProcessor {
       },
       stopped,
     });
+    // What an earlier processor of this shard cached may predate another owner's writes.
+    host.instanceCache.attach(shard, undefined);
+    // An instance whose mailbox is busy stays decoded: its next item needs it.
+    host.instanceCache.attach(shard, (key) => this.mailboxes.busy(key));
     this.expiry = createExpiry({
       clock: host.clock,
-      instance: (id) => this.state.instances.get(id),
-      due: (id, type, key) => this.mailboxes.enqueue(id, { kind: "expire", type, key }),
+      instance: (type, key) => this.state.instance(type, key),
+      due: (type, key) => this.mailboxes.enqueue(instanceKey(type, key), { kind: "expire", type, key }),
       append,
     });
     this.deliveries = createDeliveries({
       shard,
       logger: host.logger,
       deliver: (envelope) => host.deliver(envelope),
+      targetShard: (envelope) => envelope.shard ?? host.shardFor(envelope),
       emitEgress: (message) => host.emitEgress(message),
       append,
       closed: () => this.closed,
@@ -223,15 +284,22 @@ export class ShardProcessor {
     if (this.closed) throw new ShardUnavailableError(`shard ${this.shard} is closed`);
     const memoId = memoIdOf(envelope);
     if (memoId !== undefined) {
-      let memo = this.state.memos.get(memoId);
+      let memo = this.state.memo(memoId);
       const hash = envelopeHash(envelope);
-      // Past its retention a memo is forgotten, even before a snapshot prunes it.
+      // Past its retention a memo is forgotten, even before the sweep deletes it.
       if (memo !== undefined && memo.expiresAtMs > 0n && memo.expiresAtMs < BigInt(this.host.clock.now())) memo = undefined;
       if (memo !== undefined) {
         if (!sameBytes(memo.requestHash, hash)) {
           if (waiter !== undefined) this.host.reply(waiter, this.mismatch(envelope));
         } else if (waiter !== undefined) {
           this.host.reply(waiter, memo.reply ?? errorReply(Code.Internal, "memoized reply is missing"));
+        } else if (envelope.replyTo?.kind.case === "call" && memo.reply !== undefined) {
+          this.resendCallResult(envelope, memo.reply);
+        } else {
+          this.host.logger.info(
+            `shard ${this.shard}: message ${envelope.id} was committed before; its copy is dropped`,
+            this.sourceFields(envelope),
+          );
         }
         return Promise.resolve();
       }
@@ -248,7 +316,13 @@ export class ShardProcessor {
       if (waiter !== undefined) this.addWaiter(envelope.id, waiter);
       return Promise.resolve();
     }
-    if (this.state.isDuplicate(envelope)) return Promise.resolve();
+    if (this.state.isDuplicate(envelope)) {
+      this.host.logger.info(
+        `shard ${this.shard}: message ${envelope.id} was taken before (by its source's sequence); its copy is dropped`,
+        this.sourceFields(envelope),
+      );
+      return Promise.resolve();
+    }
     if (waiter !== undefined) this.addWaiter(envelope.id, waiter);
     let durable: Promise<void>;
     if (waiter !== undefined && envelope.replyTo !== undefined && envelope.deliverAtMs === 0n) {
@@ -272,6 +346,38 @@ export class ShardProcessor {
     if (memoId !== undefined) this.inflight.set(memoId, envelope.id);
     this.schedule(envelope);
     return durable;
+  }
+
+  /**
+   * A copy of a call that committed here came again: its caller ran again (a
+   * new owner of its shard, a retry after a call that seemed to fail) and may
+   * not have the result, which left once through the outbox and may have been
+   * lost on the way or taken by an owner that died before making it durable.
+   * The kept result goes to the caller again, under a new id; best effort: a
+   * later copy of the call asks again.
+   */
+  private resendCallResult(call: Envelope, reply: Reply) {
+    const result = callResultEnvelope(call, reply);
+    if (result === undefined) return;
+    result.id = resentCallResultId(call.id, this.host.clock.now());
+    this.host.logger.info(`shard ${this.shard}: call ${call.id} was committed before; its result is sent again`, this.sourceFields(call));
+    this.host.deliver(result).catch((err: unknown) => {
+      this.host.logger.warn(
+        `shard ${this.shard}: sending the result of call ${call.id} again failed; a later copy of the call asks again`,
+        {
+          error: errorMessage(err),
+        },
+      );
+    });
+  }
+
+  /** Where a dropped copy came from, for the log: a redelivery is rare, and a wrong drop loses a message. */
+  private sourceFields(envelope: Envelope): Record<string, unknown> {
+    return {
+      sourceShard: envelope.source?.shard,
+      sourceSequence: String(envelope.source?.sequence ?? ""),
+      watermark: String(this.state.watermarkOf(envelope.source?.shard)),
+    };
   }
 
   private mismatch(envelope: Envelope): Reply {
@@ -320,7 +426,7 @@ export class ShardProcessor {
       void this.invoke(envelope);
       return;
     }
-    this.mailboxes.enqueue(instanceId(target.type, target.key), { kind: "message", envelope });
+    this.mailboxes.enqueue(instanceKey(target.type, target.key), { kind: "message", envelope });
   }
 
   private async invoke(envelope: Envelope): Promise<void> {
@@ -387,7 +493,7 @@ export class ShardProcessor {
     const { maxAttempts, initialDelayMs, maxDelayMs } = this.host.retry;
     let outcome: Extract<MessageOutcome, { status: "done" }>;
     for (let attempt = 1; ; attempt++) {
-      const step = await this.invokeOnce(envelope, self, fn.state !== undefined, log);
+      const step = await this.invokeOnce(envelope, self, fn.state !== undefined, locked, log);
       let failure: unknown;
       if (step.status === "done") {
         outcome = step;
@@ -405,8 +511,10 @@ export class ShardProcessor {
           continue;
         }
         if (this.failed !== undefined || this.closed) return { interrupted: failure };
-        // A call that got no reply is asked again a few times here, then left to the sender to retry.
-        if (attempt >= maxAttempts) return { interrupted: failure };
+        // Not logged yet, so no call left: the sender retries. Logged, a call may have left and its callee may commit:
+        // the invocation keeps its instance and asks again until the shard stops, for a message queued behind it must
+        // not run first and change the state it decided on (see makeDurableBeforeCall; a new owner re-runs it first too).
+        if (attempt >= maxAttempts && !this.state.pending.has(envelope.id)) return { interrupted: failure };
       } else {
         failure = new Error(step.message);
         if (attempt >= maxAttempts) {
@@ -420,7 +528,8 @@ export class ShardProcessor {
       this.host.metrics.invocationRetried(fn.typeName, info.name);
       const delay = Math.min(maxDelayMs, initialDelayMs * 2 ** (attempt - 1));
       const failed = step.status === "suspended" ? "a call got no reply" : "handler failed";
-      log.warn(`${failed}, retrying in ${delay} ms (attempt ${attempt} of ${maxAttempts})`, { error: errorMessage(failure) });
+      const of = attempt < maxAttempts ? ` of ${maxAttempts}` : "; the instance stays locked until the call is answered";
+      log.warn(`${failed}, retrying in ${delay} ms (attempt ${attempt}${of})`, { error: errorMessage(failure) });
       slot.release();
       await new Promise<void>((resolve) => setTimeout(resolve, delay));
       await slot.acquire();
@@ -436,7 +545,7 @@ export class ShardProcessor {
           Code.FailedPrecondition,
           `${fn.typeName}.${info.name}: no egress named "${unknownEgress.egress}" is configured (shoal.yaml egress)`,
         ),
-        commit: this.state.journals.has(envelope.id) ? { finishedInvocations: [envelope.id] } : {},
+        commit: this.state.journal(envelope.id) !== undefined ? { finishedInvocations: [envelope.id] } : {},
       };
     }
     const commit = pendingEffects(effects, {
@@ -445,7 +554,7 @@ export class ShardProcessor {
       shard: this.shard,
       nowMs: this.host.clock.now(),
       stateTtlMs: fn.stateTtlMs,
-      journaled: this.state.journals.has(envelope.id),
+      journaled: this.state.journal(envelope.id) !== undefined,
       shardOf: (type, key) => this.host.shardOf(type, key),
       warn: (message) => log.warn(message),
     });
@@ -453,63 +562,96 @@ export class ShardProcessor {
   }
 
   /**
-   * Asks the invoker to run one message, within the invoke timeout. Its
-   * answer is refused when it is for another instance: nothing of it commits.
+   * Asks the invoker to run one message, within the invoke timeout, with the
+   * messages queued behind it on its (locked) instance when the invoker takes
+   * batches.
+   * Its answer is refused when it is for another instance or does not hold
+   * one outcome per message that ran: nothing of it commits.
    */
-  private async invokeOnce(envelope: Envelope, self: Address, stateful: boolean, log: Logger): Promise<MessageOutcome> {
-    const timeoutMs = this.host.invokeTimeoutMs;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () =>
-          reject(
-            new Error(
-              `${describe(envelope)}: the invoker did not answer within ${timeoutMs} ms (invokeTimeoutMs); the run is abandoned (raise invokeTimeoutMs if handlers need longer)`,
-            ),
-          ),
-        timeoutMs,
+  private async invokeOnce(envelope: Envelope, self: Address, stateful: boolean, locked: boolean, log: Logger): Promise<MessageOutcome> {
+    const state = stateful ? this.state.instance(self.type, self.key)?.state : undefined;
+    const journal = this.journalOf(envelope.id);
+    const ahead = this.ranAhead.get(envelope.id);
+    if (ahead !== undefined) {
+      this.ranAhead.delete(envelope.id);
+      const sameState = ahead.state === undefined || state === undefined ? ahead.state === state : sameBytes(ahead.state, state);
+      if (sameState && ahead.journal === journal.length) return ahead.outcome;
+    }
+    const remote = this.host.invokerFor?.(self.type);
+    const invoker = remote ?? this.invoker;
+    const inProcess = invoker.inProcess === true;
+    const message: InvokeMessage = inProcess
+      ? {
+          envelope,
+          journal,
+          decoded: this.decodedRequests.get(envelope),
+          // Only an in-process ingress waiter with nothing to memoize can take the message itself.
+          encodeReply: !(envelope.replyTo?.kind.case === "ingress" && memoIdOf(envelope) === undefined),
+        }
+      : { envelope: this.withPayload(envelope), journal };
+    const request: InvokeRequest = {
+      address: self,
+      state,
+      // Only a locked instance's own queue may ride along: it runs next, in this order.
+      messages: [message, ...(locked ? this.queuedBehind(self, (remote?.maxBatch ?? 1) - 1) : [])],
+    };
+    const timedOut = () =>
+      new Error(
+        `${describe(envelope)}: the invoker did not answer within ${this.host.invokeTimeoutMs} ms (invokeTimeoutMs); the run is abandoned (raise invokeTimeoutMs if handlers need longer)`,
       );
-    });
     let response: Awaited<ReturnType<Invoker["invoke"]>>;
-    const inProcess = this.invoker.inProcess === true;
     try {
-      const invoked = this.invoker.invoke({
-        address: self,
-        state: stateful ? this.state.instances.get(instanceId(self.type, self.key))?.state : undefined,
-        messages: [
-          inProcess
-            ? {
-                envelope,
-                journal: this.journalOf(envelope.id),
-                decoded: this.decodedRequests.get(envelope),
-                // Only an in-process ingress waiter with nothing to memoize can take the message itself.
-                encodeReply: !(envelope.replyTo?.kind.case === "ingress" && memoIdOf(envelope) === undefined),
-              }
-            : { envelope: this.withPayload(envelope), journal: this.journalOf(envelope.id) },
-        ],
-      });
-      invoked.catch(() => {});
-      response = await Promise.race([invoked, timeout]);
+      response = await this.deadlines.race(invoker.invoke(request), timedOut);
     } catch (err) {
       return { status: "failed", retryable: true, message: errorMessage(err) };
-    } finally {
-      clearTimeout(timer);
     }
-    const got = response.address;
-    if (got?.type !== self.type || got.key !== self.key) {
-      const message = `${describe(envelope)}: the invoker answered for instance ${got?.type}/${got?.key}, not ${self.type}/${self.key}; its effects are refused (a bug in the invoker: it must answer for the instance it was given)`;
+    const invalid = checkInvokeResponse(request, response);
+    if (invalid !== undefined) {
+      const message = `${describe(envelope)}: ${invalid.message}`;
       log.error(message);
       this.host.metrics.invokerRefused(self.type, envelope.handler);
       return { status: "failed", retryable: true, message };
     }
-    return (
-      response.outcomes[0] ?? { status: "failed", retryable: true, message: `${describe(envelope)}: the invoker answered nothing for it` }
-    );
+    this.keepRanAhead(request, response.outcomes);
+    return response.outcomes[0] as MessageOutcome;
+  }
+
+  /**
+   * Up to `max` messages queued behind the running one on an instance, in
+   * order, for an invoker that takes batches; only messages, stopping at
+   * anything else (an expiry changes the state they would run on).
+   */
+  private queuedBehind(self: Address, max: number): InvokeMessage[] {
+    const out: InvokeMessage[] = [];
+    if (max <= 0) return out;
+    for (const item of this.mailboxes.queued(instanceKey(self.type, self.key))) {
+      if (out.length >= max || item.kind !== "message") break;
+      const envelope = item.envelope;
+      if (this.pendingEnvelope(envelope.id) === undefined) break;
+      out.push({ envelope: this.withPayload(envelope), journal: this.journalOf(envelope.id) });
+    }
+    return out;
+  }
+
+  /** Keeps the outcomes of the messages sent along behind the first, with the state and journal each ran on. */
+  private keepRanAhead(request: InvokeRequest, outcomes: readonly MessageOutcome[]) {
+    let state = request.state;
+    for (let i = 1; i < outcomes.length; i++) {
+      const previous = outcomes[i - 1];
+      if (previous?.status === "done") {
+        const change = previous.effects.state;
+        state = change.kind === "write" ? change.bytes : change.kind === "clear" ? undefined : state;
+      }
+      const message = request.messages[i];
+      const outcome = outcomes[i];
+      if (message === undefined || outcome === undefined) break;
+      this.ranAhead.set(message.envelope.id, { state, journal: message.journal.length, outcome });
+    }
   }
 
   /** The call results an invocation has so far: its journal and the answers made up for it, in call order. */
   private journalOf(invocationId: string): CallResult[] {
-    const journal = [...(this.state.journals.get(invocationId) ?? []), ...(this.madeUp.get(invocationId) ?? [])];
+    const journal = [...(this.state.journal(invocationId) ?? []), ...(this.madeUp.get(invocationId) ?? [])];
     const index = (r: CallResult) => Number(r.callId.slice(r.callId.lastIndexOf("/") + 1));
     if (journal.length > 1) journal.sort((a, b) => index(a) - index(b));
     return journal;
@@ -536,6 +678,7 @@ export class ShardProcessor {
     const now = this.host.clock.now();
     const edges: Array<() => void> = [];
     const outgoing: Envelope[] = [];
+    const probed: string[] = [];
     try {
       for (const call of calls) {
         const targetId = `${call.target.type}/${call.target.key}`;
@@ -560,34 +703,44 @@ export class ShardProcessor {
           // A re-run may re-issue a call its callee has answered already:
           // only that answer is final. A cycle answer is final only if the
           // callee holds nothing for this call id, so it can never commit it.
-          const held = this.host.heldCall(callEnvelope);
-          if (held === "inflight")
-            throw new ShardUnavailableError(`call ${call.callId} to ${targetId} is still to run there, behind this locked instance`);
+          const held = await this.host.heldCall(callEnvelope);
+          if (held === "inflight") {
+            // Sent by an earlier run of this invocation and queued there behind the lock this cycle holds: taken
+            // back (refused there, durably) if it has not started, or both sides would wait for ever.
+            if (this.host.withdrawCall === undefined || !(await this.host.withdrawCall(callEnvelope)))
+              throw new ShardUnavailableError(`call ${call.callId} to ${targetId} is still to run there, behind this locked instance`);
+            this.madeUp.set(envelope.id, [...(this.madeUp.get(envelope.id) ?? []), cycleAnswer(callEnvelope, cycle)]);
+            continue;
+          }
           if (held === undefined) {
-            const answer = create(CallResultSchema, {
-              callId: call.callId,
-              target: call.target,
-              handler: call.handler,
-              requestHash: requestHash(call.payload),
-              reply: errorReply(Code.FailedPrecondition, cycle),
-            });
-            this.madeUp.set(envelope.id, [...(this.madeUp.get(envelope.id) ?? []), answer]);
+            // Recorded at the callee first: in a cluster an earlier copy of this call (sent before a retry, or by the
+            // resend) may still be on its way there, and it then gets this answer instead of running.
+            if (this.host.withdrawCall !== undefined && !(await this.host.withdrawCall(callEnvelope)))
+              throw new ShardUnavailableError(
+                `call ${call.callId} to ${targetId} closes a call cycle but its callee could not refuse it yet`,
+              );
+            this.madeUp.set(envelope.id, [...(this.madeUp.get(envelope.id) ?? []), cycleAnswer(callEnvelope, cycle)]);
             continue;
           }
           // Kept: the callee's shard answers from its memo without waiting for its lock.
         } else if (locked && targetLocks) {
           edges.push(this.host.callCycles.wait(selfId, targetId));
+          probed.push(targetId);
         }
         outgoing.push(callEnvelope);
       }
       if (outgoing.length === 0) return undefined;
       const callIds = outgoing.map((e) => e.callId);
-      const answered = new Promise<Error | undefined>((resolve) => this.awaiting.set(envelope.id, { callIds, wake: resolve }));
+      const answered = new Promise<Error | undefined>((resolve) =>
+        this.awaiting.set(envelope.id, { callIds, wake: resolve, locked: locked ? selfId : undefined, calls: outgoing }),
+      );
       await this.makeDurableBeforeCall(envelope);
       slot.release();
       await Promise.all(outgoing.map((e) => this.host.deliver(e)));
+      // Delivered and its edge recorded: of the calls that close a cycle between nodes, the last one's search sees all the others.
+      for (const to of probed) this.host.probeCycle?.(selfId, to);
       this.wakeIfAnswered(envelope.id);
-      const stopped = await answered;
+      const stopped = await this.withResend(answered, outgoing);
       if (stopped !== undefined) throw stopped;
       return undefined;
     } catch (err) {
@@ -597,6 +750,29 @@ export class ShardProcessor {
       for (const remove of edges) remove();
       await slot.acquire();
     }
+  }
+
+  /**
+   * Resolves as `answered` does, or with an error once `callResendMs` passed
+   * without every result: the invocation then runs again and sends its calls
+   * again (as copies that the inputs stream keeps: `acceptedAtMs` is new), and
+   * a callee that committed one answers its copy with the kept result. So a
+   * result or a call lost on its way costs a wait, never the invocation.
+   */
+  private withResend(answered: Promise<Error | undefined>, calls: readonly Envelope[]): Promise<Error | undefined> {
+    const after = this.host.callResendMs;
+    if (after === undefined) return answered;
+    return new Promise((resolve) => {
+      const cancel = this.host.clock.schedule(after, () =>
+        resolve(
+          new ShardUnavailableError(`no result for call ${calls.map((c) => c.callId).join(", ")} within ${after} ms; sending it again`),
+        ),
+      );
+      void answered.then((stopped) => {
+        cancel();
+        resolve(stopped);
+      });
+    });
   }
 
   /**
@@ -622,7 +798,13 @@ export class ShardProcessor {
   /** Records a call's reply in the caller's journal (delivered from the callee's outbox). */
   submitCallResult(envelope: Envelope): Promise<void> {
     if (this.failed !== undefined) throw new ShardUnavailableError(`shard ${this.shard} is unavailable: ${this.failed.message}`);
-    if (this.state.isDuplicate(envelope)) return Promise.resolve();
+    if (this.state.isDuplicate(envelope)) {
+      this.host.logger.info(
+        `shard ${this.shard}: call result ${envelope.id} was taken before (by its source's sequence); its copy is dropped`,
+        this.sourceFields(envelope),
+      );
+      return Promise.resolve();
+    }
     const input = fromResultEnvelope(envelope);
     const durable = this.append([create(LogRecordSchema, { kind: { case: "callResult", value: { ...input, source: envelope.source } } })]);
     this.wakeIfAnswered(input.invocationId);
@@ -633,7 +815,7 @@ export class ShardProcessor {
   private wakeIfAnswered(invocationId: string) {
     const waiting = this.awaiting.get(invocationId);
     if (waiting === undefined) return;
-    const journal = this.state.journals.get(invocationId) ?? [];
+    const journal = this.journalOf(invocationId);
     if (!waiting.callIds.every((id) => journal.some((r) => r.callId === id))) return;
     this.awaiting.delete(invocationId);
     waiting.wake();
@@ -645,12 +827,87 @@ export class ShardProcessor {
     this.awaiting.clear();
   }
 
+  /**
+   * Breaks a call cycle between nodes: the calls that the invocation holding
+   * `instance` locked awaits to `callee`, if their callee's shard takes them
+   * back (they have not started and never will under their ids), are
+   * answered FailedPrecondition naming `cycle`, as a cycle found when the call
+   * is made is. Such an answer is made up: never committed, given to the
+   * invocation's re-runs only. Whether any call was answered so.
+   */
+  async breakCycle(instance: string, callee: string, cycle: string): Promise<boolean> {
+    const found = [...this.awaiting].find(([, waiting]) => waiting.locked === instance);
+    if (found === undefined || this.host.withdrawCall === undefined) return false;
+    const [invocationId, waiting] = found;
+    let broken = false;
+    for (const call of waiting.calls) {
+      if (`${call.target?.type}/${call.target?.key}` !== callee) continue;
+      if (this.journalOf(invocationId).some((r) => r.callId === call.callId)) continue;
+      if (!(await this.host.withdrawCall(call))) continue;
+      // Not awaiting any more (interrupted, stopped): its re-run sends the call again, which then runs.
+      if (this.awaiting.get(invocationId) !== waiting) return broken;
+      this.madeUp.set(invocationId, [...(this.madeUp.get(invocationId) ?? []), cycleAnswer(call, cycle)]);
+      broken = true;
+    }
+    if (broken) this.wakeIfAnswered(invocationId);
+    return broken;
+  }
+
+  /**
+   * Takes back a call that waits in its instance's mailbox and has not
+   * started, or that is not here yet, durably: a commit consumes it and keeps
+   * a FailedPrecondition answer under its id, so it never runs and any copy
+   * of it that comes later gets that answer. A call cycle is answered at its
+   * caller instead. Whether it did; false when the call runs or ran.
+   */
+  async withdrawCall(call: Envelope): Promise<boolean> {
+    const target = call.target;
+    if (this.failed !== undefined || this.closed || target === undefined) return false;
+    const memoId = memoIdOf(call);
+    const pending = this.state.pending.has(call.id);
+    if (pending) {
+      const id = instanceKey(target.type, target.key);
+      const item = this.mailboxes.queued(id).find((i) => i.kind === "message" && i.envelope.id === call.id);
+      if (item === undefined || !this.mailboxes.remove(id, item)) return false;
+      if (memoId !== undefined && this.inflight.get(memoId) === call.id) this.inflight.delete(memoId);
+    } else if (memoId === undefined || this.state.memo(memoId) !== undefined || this.inflight.has(memoId) || this.volatile.has(call.id)) {
+      // Answered already (its answer is final), or on its way to run: not taken back.
+      return false;
+    }
+    // Not here yet: refused before it comes (a copy of it may still be on its way).
+    // Consumed with a kept answer, as if it had run and failed: a later copy of the call (a caller's re-run, a
+    // copy the inputs stream stored twice) gets that answer instead of running after its caller was told it did not.
+    const withdrawn = create(CommitSchema, {
+      consumed: pending ? [call.id] : [],
+      memos:
+        memoId === undefined
+          ? []
+          : [
+              {
+                id: memoId,
+                requestHash: envelopeHash(call),
+                reply: errorReply(
+                  Code.FailedPrecondition,
+                  `call cycle: call ${call.id} to ${target.type}/${target.key} was withdrawn before it ran, to break a call cycle between nodes`,
+                ),
+                expiresAtMs: BigInt(this.host.clock.now() + this.host.memoRetentionMs),
+                target,
+                handler: call.handler,
+              },
+            ],
+    });
+    await this.append([
+      create(LogRecordSchema, { kind: { case: "commit", value: withdrawn }, writtenAtMs: BigInt(this.host.clock.now()) }),
+    ]);
+    return true;
+  }
+
   /** Whether this shard keeps a reply for a message (its memo), or has it still to run. */
-  heldCall(envelope: Envelope): "kept" | "inflight" | undefined {
+  heldCall(envelope: Envelope): HeldCall {
     if (this.failed !== undefined || this.closed) throw new ShardUnavailableError(`shard ${this.shard} is not open`);
     const memoId = memoIdOf(envelope);
     if (memoId !== undefined) {
-      const memo = this.state.memos.get(memoId);
+      const memo = this.state.memo(memoId);
       if (memo !== undefined && !(memo.expiresAtMs > 0n && memo.expiresAtMs < BigInt(this.host.clock.now()))) return "kept";
       const inflightId = this.inflight.get(memoId);
       if (inflightId !== undefined && this.pendingEnvelope(inflightId) !== undefined) return "inflight";
@@ -673,24 +930,11 @@ export class ShardProcessor {
     const waiters = this.waiters.get(envelope.id) ?? [];
     this.waiters.delete(envelope.id);
     this.madeUp.delete(envelope.id);
-    if (this.volatile.delete(envelope.id)) {
-      // The sender holds the request: its retry runs it again.
-      const memoId = memoIdOf(envelope);
-      if (memoId !== undefined && this.inflight.get(memoId) === envelope.id) this.inflight.delete(memoId);
-    } else if (this.state.pending.has(envelope.id)) {
-      const n = (this.interruptions.get(envelope.id) ?? 0) + 1;
-      this.interruptions.set(envelope.id, n);
-      const { initialDelayMs, maxDelayMs } = this.host.retry;
-      const timer = setTimeout(
-        () => {
-          this.timers.delete(envelope.id);
-          if (this.state.pending.has(envelope.id) && this.failed === undefined && !this.closed) this.dispatch(envelope);
-        },
-        Math.min(maxDelayMs, initialDelayMs * 2 ** (n - 1)),
-      );
-      timer.unref?.();
-      this.timers.set(envelope.id, () => clearTimeout(timer));
-    }
+    this.ranAhead.delete(envelope.id);
+    // Only an invocation not logged yet is interrupted while the shard runs (see execute): the sender holds the request, its retry runs it again.
+    this.volatile.delete(envelope.id);
+    const memoId = memoIdOf(envelope);
+    if (memoId !== undefined && this.inflight.get(memoId) === envelope.id) this.inflight.delete(memoId);
     for (const w of waiters) this.host.reply(w, unavailable);
   }
 
@@ -712,8 +956,8 @@ export class ShardProcessor {
     const memoId = memoIdOf(envelope);
     if (memoId !== undefined) this.inflight.delete(memoId);
     this.volatile.delete(envelope.id);
-    this.interruptions.delete(envelope.id);
     this.madeUp.delete(envelope.id);
+    this.ranAhead.delete(envelope.id);
     let durable: Promise<void>;
     try {
       durable = this.append([create(LogRecordSchema, { kind: { case: "commit", value: commit }, writtenAtMs: BigInt(now) })]);
@@ -732,10 +976,12 @@ export class ShardProcessor {
       return;
     }
     for (const letter of commit.deadLetters) this.deadLettered(letter);
-    durable.then(
+    const releasing = durable.then(
       () => this.released(envelope, reply, commit, output),
       () => {},
     );
+    this.releasing.add(releasing);
+    void releasing.finally(() => this.releasing.delete(releasing));
   }
 
   /** The request's bytes, for a dead letter (an ingress request travels decoded). */
@@ -783,83 +1029,68 @@ export class ShardProcessor {
    * any other failure is the storage's and fails the shard.
    */
   private append(records: LogRecord[]): Promise<void> {
-    let result: ReturnType<ShardLog["append"]>;
+    let result: WriteResult;
     try {
-      result = this.log.append(records);
+      result = this.state.write(records);
     } catch (err) {
       if (err instanceof RecordEncodingError) throw err;
       this.fail(err);
       return Promise.reject(err);
     }
     let commits = 0;
-    for (const record of records) {
-      this.state.apply(record, result.lastSequence);
-      if (record.kind.case === "commit") commits++;
-    }
+    for (const record of records) if (record.kind.case === "commit") commits++;
     if (commits > 0) this.host.metrics.committed(commits);
-    this.recordsSinceSnapshot += records.length;
-    this.unsnapshotted ??= { atMs: this.host.clock.now(), logBytes: this.host.logBytesWritten() };
-    this.lastDurable = result.durable;
-    this.snapshotIfDue();
     result.durable.catch((err) => this.fail(err));
     return result.durable;
   }
 
   /**
-   * Snapshots when `snapshotEvery` records, `snapshotLogBytes` of the node's
-   * log or `snapshotAfterMs` have passed since the oldest record no snapshot
-   * covers. The node also calls it periodically, for idle shards that pin old
-   * log segments.
+   * The shard's periodic upkeep, which the node runs every second or so:
+   * deletes expired memos and orphaned journals from the store and arms the
+   * timers of state expiries coming due. Nothing here scans the instances.
    */
-  snapshotIfDue(): void {
-    const since = this.unsnapshotted;
-    if (since === undefined || this.snapshotting || this.closed || this.failed !== undefined) return;
-    if (
-      this.recordsSinceSnapshot >= this.host.snapshotEvery ||
-      this.host.logBytesWritten() - since.logBytes >= this.host.snapshotLogBytes ||
-      this.host.clock.now() - since.atMs >= this.host.snapshotAfterMs
-    ) {
-      this.unsnapshotted = undefined;
-      this.snapshot(this.lastDurable);
+  maintain(): void {
+    if (this.closed || this.failed !== undefined) return;
+    const now = this.host.clock.now();
+    this.armExpiries(now);
+    try {
+      this.state.expireMemos(now, memoSweepLimit)?.durable.catch((err) => this.fail(err));
+      if (now - this.journalsSweptAtMs >= journalSweepMs) {
+        this.journalsSweptAtMs = now;
+        this.sweepJournals(now);
+      }
+    } catch (err) {
+      this.fail(err);
     }
   }
 
-  private snapshot(durable: Promise<void>) {
-    this.snapshotting = true;
-    this.recordsSinceSnapshot = 0;
-    const now = this.host.clock.now();
-    this.state.pruneMemos(now);
-    // A journal whose invocation is neither pending nor in flight mostly
-    // belongs to a request lost in a crash: its sender retries under the same
-    // id, and the re-run must find the replies its callees committed. So it
-    // is kept as long as a reply memo would be (the retention counts from the
-    // first snapshot that found it orphaned, in this process).
-    for (const id of this.orphanedSince.keys()) if (!this.state.journals.has(id)) this.orphanedSince.delete(id);
-    this.state.pruneJournals((id) => {
-      if (this.pendingEnvelope(id) !== undefined) {
-        this.orphanedSince.delete(id);
-        return true;
-      }
+  /**
+   * A journal whose invocation is neither pending nor in flight mostly
+   * belongs to a request lost in a crash: its sender retries under the same
+   * id, and the re-run must find the replies its callees committed. So it is
+   * kept as long as a reply memo would be (counted from the first sweep that
+   * found it orphaned, in this process), then deleted.
+   */
+  private sweepJournals(now: number) {
+    const seen = new Set<string>();
+    const gone: string[] = [];
+    for (const id of this.state.journalIds()) {
+      seen.add(id);
+      if (this.pendingEnvelope(id) !== undefined) continue;
       const since = this.orphanedSince.get(id) ?? now;
       this.orphanedSince.set(id, since);
-      return now - since <= this.host.memoRetentionMs;
-    });
-    const snapshot = this.state.toSnapshot();
-    durable
-      .then(() => this.log.writeSnapshot(snapshot))
-      .catch((err) => this.host.logger.warn(`shard ${this.shard}: snapshot failed`, { error: String(err) }))
-      .finally(() => {
-        this.snapshotting = false;
-      });
+      if (now - since > this.host.memoRetentionMs) gone.push(id);
+    }
+    for (const id of this.orphanedSince.keys()) if (!seen.has(id) || gone.includes(id)) this.orphanedSince.delete(id);
+    this.state.dropJournals(gone)?.durable.catch((err) => this.fail(err));
   }
 
-  /** Rebuilds the shard's state from its snapshot and log. Call before `start`. */
-  async recover(): Promise<void> {
-    const recovered = await this.log.recover();
-    this.state = recovered.snapshot !== undefined ? ShardState.fromSnapshot(recovered.snapshot) : new ShardState(this.shard);
-    for (const { sequence, record } of recovered.records) this.state.apply(record, sequence);
-    this.recordsSinceSnapshot = recovered.records.length;
-    if (recovered.records.length > 0) this.unsnapshotted = { atMs: this.host.clock.now(), logBytes: this.host.logBytesWritten() };
+  /** Arms the timers of state expiries due within the next window, from the store's index. */
+  private armExpiries(now: number) {
+    const upTo = now + expiryWindowMs;
+    if (this.expiryArmedUpTo !== undefined && upTo - this.expiryArmedUpTo < expiryWindowMs / 2) return;
+    for (const { type, key, atMs } of this.state.expiringBetween(this.expiryArmedUpTo, upTo)) this.expiry.arm(type, key, atMs);
+    this.expiryArmedUpTo = upTo;
   }
 
   /**
@@ -880,8 +1111,7 @@ export class ShardProcessor {
 
   /** Re-arms timers and processes pending messages in log order. */
   resumeProcessing(): void {
-    for (const instance of this.state.instances.values())
-      if (instance.expiresAtMs > 0) this.expiry.arm(instance.type, instance.key, instance.expiresAtMs);
+    this.armExpiries(this.host.clock.now());
     // An invocation that was awaiting a call when the node stopped runs again
     // before anything queued behind it on its instance, so that it sees the
     // state it saw before its call left (see `makeDurableBeforeCall`).
@@ -918,9 +1148,11 @@ export class ShardProcessor {
     else this.host.storageFailed(this.shard, this.failed);
   }
 
-  /** Resolves when no invocation is running (for tests and shutdown). */
-  whenIdle(): Promise<void> {
-    return this.mailboxes.whenIdle();
+  /** Resolves when no invocation is running and the effects of those that committed have left (for tests and shutdown). */
+  async whenIdle(): Promise<void> {
+    await this.mailboxes.whenIdle();
+    // A commit's reply and egress leave once it is durable, after its invocation finished.
+    while (this.releasing.size > 0) await Promise.all(this.releasing);
   }
 
   /** Stops accepting work and closes the log. */
@@ -939,32 +1171,34 @@ export class ShardProcessor {
     for (const list of this.waiters.values()) for (const w of list) this.host.reply(w, unavailable);
     this.waiters.clear();
     this.stopAwaiting(unavailable);
-    await this.log.close();
+    this.host.instanceCache.attach(this.shard, undefined);
+    await this.store.close();
   }
 
   /** The committed (possibly not yet durable) state of an instance. */
   stateOf(type: string, key: string): Uint8Array | undefined {
-    return this.state.instances.get(instanceId(type, key))?.state;
+    return this.state.instance(type, key)?.state;
   }
 
-  /** Every instance of a type in this shard. */
-  instancesOf(type: string): Array<{ key: string; state: Uint8Array }> {
-    const out: Array<{ key: string; state: Uint8Array }> = [];
-    for (const i of this.state.instances.values()) if (i.type === type) out.push({ key: i.key, state: i.state });
-    return out;
+  /** A page of a type's instances in this shard, in key order: at most `limit`, after key `after`; `next` is the next page's `after`. */
+  listInstances(
+    type: string,
+    options: { after?: string; limit: number },
+  ): { instances: Array<{ key: string; state: Uint8Array }>; next?: string } {
+    return this.state.listInstances(type, options);
   }
 
-  /** Counts for `shoal status` and metrics. */
+  /** Counts for `shoal status` and metrics (kept as they change: nothing is scanned). */
   stats() {
     return {
       shard: this.shard,
-      instances: this.state.instances.size,
+      instances: Number(this.state.counts.instances),
       pending: this.state.pending.size + this.volatile.size,
       outbox: this.state.outbox.size,
-      memos: this.state.memos.size,
-      journals: this.state.journals.size,
+      memos: Number(this.state.counts.memos),
+      journals: Number(this.state.counts.journals),
       sequence: this.state.sequence,
-      epoch: this.log.epoch,
+      epoch: this.store.epoch,
       failed: this.failed?.message,
     };
   }
@@ -974,6 +1208,13 @@ export class ShardProcessor {
     return [...this.state.deadLetters.values()];
   }
 }
+
+/** Memos the periodic sweep deletes at most per shard and run, so one run stays short. */
+const memoSweepLimit = 1_000;
+/** How often a shard looks for orphaned journals (a scan of its journal table), in ms. */
+const journalSweepMs = 60_000;
+/** State expiries due within this are armed as timers; later ones wait in the store's index. */
+const expiryWindowMs = 60_000;
 
 /** `type.Handler (key "k")`, how errors name a message's target. */
 function describe(envelope: Envelope): string {

@@ -1,6 +1,6 @@
 // Argument checks shared by the storage backends, so every backend refuses
 // the same mistakes with the same messages (the conformance suite relies on it).
-import type { ShardSnapshot } from "@shoal/sdk/internal";
+import { maxKeyBytes, type ShardTable } from "./shard-store.js";
 import { StorageError } from "./storage.js";
 
 /** Throws unless `shard` fits the log's u32 shard field. */
@@ -10,23 +10,13 @@ export function checkShardNumber(shard: number): void {
   }
 }
 
-/**
- * Throws unless `snapshot` may replace the stored one of `shard`: it must be
- * for that shard, cover only durable records (`durableSequence` is the highest
- * durable sequence of the store) and not go back before the stored snapshot.
- */
-export function checkSnapshot(shard: number, snapshot: ShardSnapshot, durableSequence: bigint, storedSequence: bigint | undefined): void {
-  if (snapshot.shard !== shard) {
-    throw new StorageError(`shard ${shard}: cannot store a snapshot of shard ${snapshot.shard}; write it through that shard's log`);
-  }
-  if (snapshot.sequence > durableSequence) {
+/** Throws unless `key` fits `maxKeyBytes`; returns its length in UTF-8 bytes. */
+export function checkTableKey(shard: number, table: ShardTable, key: string): number {
+  const length = Buffer.byteLength(key, "utf8");
+  if (length > maxKeyBytes) {
     throw new StorageError(
-      `shard ${shard}: snapshot at sequence ${snapshot.sequence} covers records that are not durable yet (last durable sequence ${durableSequence}); await the appends' durable first`,
+      `shard ${shard}: a ${table} key of ${length} bytes is longer than the limit of ${maxKeyBytes} bytes (UTF-8); use a shorter key (it starts ${JSON.stringify(key.slice(0, 40))})`,
     );
   }
-  if (storedSequence !== undefined && snapshot.sequence < storedSequence) {
-    throw new StorageError(
-      `shard ${shard}: snapshot at sequence ${snapshot.sequence} is older than the stored snapshot at ${storedSequence}`,
-    );
-  }
+  return length;
 }

@@ -1,42 +1,39 @@
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { type LogRecord, LogRecordSchema, type ShardSnapshot, ShardSnapshotSchema } from "@shoal/sdk/internal";
-import {
-  type AppendResult,
-  encodeRecords,
-  FencedError,
-  type RecoveredShard,
-  type ShardLog,
-  type StorageBackend,
-  StorageError,
-  type StorageStats,
-} from "../storage.js";
-import { checkShardNumber, checkSnapshot } from "../storage-checks.js";
+import type { LogRecord } from "@shoal/sdk/internal";
+import type {
+  RangeOptions,
+  ShardStorage,
+  ShardStore,
+  ShardTable,
+  StorageStats,
+  TableChange,
+  TableEntry,
+  WriteResult,
+} from "../shard-store.js";
+import { FencedError, StorageError } from "../storage.js";
+import { checkShardNumber, checkTableKey } from "../storage-checks.js";
 
 /**
- * A storage backend that keeps everything in memory, for unit tests: it has
- * the semantics of the durable backends (one sequence for all shards, fencing
- * by epoch, snapshots that drop the records they cover, group commits) and
- * passes the same conformance suite, but loses everything with the process.
- * `durable` resolves on the next turn of the event loop (setImmediate), for
- * all the appends made in this one: like the local backend's group commit, it
- * releases the replies of many invocations together.
+ * A storage backend that keeps every shard's tables in memory, for unit
+ * tests: it has the semantics of the durable backends (fencing by epoch,
+ * group commits, writes visible to reads only once committed) and passes the
+ * same conformance suite, but loses everything with the process.
  *
- * Records and snapshots are stored as protobuf binary, so what `recover()`
- * returns is a fresh copy, and a message that cannot be serialized fails here
- * as it would with a real backend.
+ * The writes made in one turn of the event loop form one group: they are
+ * committed together on the next turn (setImmediate), and their `durable`
+ * resolves then, as the local backend's group commit releases the replies of
+ * many invocations together. Until then reads do not see them, as a real
+ * store's reads do not see a transaction that has not committed.
  */
-export function createMemoryStorage(): StorageBackend {
+export function createMemoryStorage(): ShardStorage {
   const shards = new Map<number, MemoryShard>();
   const counters = { groups: 0, records: 0, bytes: 0 };
-  let lastSequence = 0n;
-  let durableSequence = 0n;
   let group: MemoryGroup | undefined;
   let closed = false;
 
-  function shardState(shard: number): MemoryShard {
+  function shardOf(shard: number): MemoryShard {
     let state = shards.get(shard);
     if (state === undefined) {
-      state = { epoch: 0n, owner: "", records: [], snapshot: undefined };
+      state = { epoch: 0n, owner: "", sequence: 0n, tables: new Map() };
       shards.set(shard, state);
     }
     return state;
@@ -46,98 +43,110 @@ export function createMemoryStorage(): StorageBackend {
     if (closed) throw new StorageError("memory storage is closed");
   }
 
-  // All appends made before the next turn of the event loop share one group, as concurrent
-  // appends share one fsync in the local backend.
-  function append(state: MemoryShard, encoded: readonly Uint8Array[]): AppendResult {
-    for (const bytes of encoded) {
-      lastSequence += 1n;
-      state.records.push({ sequence: lastSequence, bytes });
+  function commit(g: MemoryGroup): void {
+    if (group === g) group = undefined;
+    for (const { state, epoch, changes } of g.writes) {
+      // A write queued before a newer owner took the shard is refused, as a
+      // real backend refuses it inside its transaction.
+      if (state.epoch !== epoch) continue;
+      for (const change of changes) {
+        let table = state.tables.get(change.table);
+        if (table === undefined) {
+          table = new Map();
+          state.tables.set(change.table, table);
+        }
+        if (change.value === undefined) table.delete(change.key);
+        else table.set(change.key, change.value.slice());
+        counters.bytes += change.key.length + (change.value?.length ?? 0);
+      }
     }
-    if (encoded.length === 0) {
-      return { lastSequence, durable: group?.promise ?? Promise.resolve() };
-    }
+    counters.groups += 1;
+    counters.records += g.writes.length;
+  }
+
+  function enqueue(state: MemoryShard, epoch: bigint, changes: readonly TableChange[]): MemoryGroup {
     if (group === undefined) {
-      const g: MemoryGroup = { records: 0, bytes: 0, lastSequence, promise: Promise.resolve() };
-      g.promise = new Promise<void>((resolve) => {
+      const g: MemoryGroup = { writes: [], committed: Promise.resolve() };
+      g.committed = new Promise<void>((resolve) => {
         setImmediate(() => {
-          if (group === g) group = undefined;
-          durableSequence = g.lastSequence;
-          counters.groups += 1;
-          counters.records += g.records;
-          counters.bytes += g.bytes;
+          commit(g);
           resolve();
         });
       });
       group = g;
     }
-    group.records += encoded.length;
-    for (const bytes of encoded) group.bytes += bytes.length;
-    group.lastSequence = lastSequence;
-    return { lastSequence, durable: group.promise };
+    group.writes.push({ state, epoch, changes });
+    return group;
   }
 
-  function openLog(shard: number, state: MemoryShard, epoch: bigint): ShardLog {
-    let closedLog = false;
+  function openStore(shard: number, state: MemoryShard, epoch: bigint, openedAtSequence: bigint): ShardStore {
+    let closedStore = false;
+    let broken: Error | undefined;
     let lastDurable: Promise<void> = Promise.resolve();
 
-    function checkWritable(): void {
-      checkOpen();
-      if (state.epoch !== epoch) {
-        throw new FencedError(`shard ${shard}: this log (epoch ${epoch}) was fenced by epoch ${state.epoch} of owner ${state.owner}`);
-      }
-      if (closedLog) throw new StorageError(`shard ${shard}: this log (epoch ${epoch}) is closed`);
+    function fenced(): FencedError {
+      return new FencedError(`shard ${shard}: this store (epoch ${epoch}) was fenced by epoch ${state.epoch} of owner ${state.owner}`);
     }
 
     return {
       shard,
       epoch,
-      async recover(): Promise<RecoveredShard> {
-        await lastDurable;
-        const snapshot = state.snapshot;
-        return {
-          snapshot: snapshot === undefined ? undefined : fromBinary(ShardSnapshotSchema, snapshot.bytes),
-          records: state.records
-            .filter((r) => snapshot === undefined || r.sequence > snapshot.sequence)
-            .map((r) => ({ sequence: r.sequence, record: fromBinary(LogRecordSchema, r.bytes) })),
-        };
+      openedAtSequence,
+      get(table: ShardTable, key: string): Uint8Array | undefined {
+        return state.tables.get(table)?.get(key)?.slice();
       },
-      append(records: readonly LogRecord[]): AppendResult {
-        checkWritable();
-        const result = append(state, encodeRecords(records));
-        lastDurable = result.durable;
-        return result;
+      *range(table: ShardTable, options: RangeOptions = {}): Iterable<TableEntry> {
+        const entries = [...(state.tables.get(table)?.entries() ?? [])]
+          .filter(([key]) => inRange(key, options))
+          .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+        let n = 0;
+        for (const [key, value] of entries) {
+          if (options.limit !== undefined && n >= options.limit) return;
+          n++;
+          yield { key, value: value.slice() };
+        }
       },
-      async writeSnapshot(snapshot: ShardSnapshot): Promise<void> {
-        checkWritable();
-        checkSnapshot(shard, snapshot, durableSequence, state.snapshot?.sequence);
-        state.snapshot = { sequence: snapshot.sequence, bytes: toBinary(ShardSnapshotSchema, snapshot) };
-        state.records = state.records.filter((r) => r.sequence > snapshot.sequence);
+      write(changes: readonly TableChange[], _records: readonly LogRecord[]): WriteResult {
+        checkOpen();
+        if (state.epoch !== epoch) throw fenced();
+        if (closedStore) throw new StorageError(`shard ${shard}: this store (epoch ${epoch}) is closed`);
+        if (broken !== undefined)
+          throw new StorageError(`shard ${shard}: an earlier write failed (${broken.message}); open the shard again`);
+        for (const change of changes) checkTableKey(shard, change.table, change.key);
+        state.sequence += 1n;
+        const g = enqueue(state, epoch, changes);
+        const durable = g.committed.then(() => {
+          if (state.epoch !== epoch) {
+            broken = fenced();
+            throw broken;
+          }
+        });
+        durable.catch(() => {});
+        lastDurable = durable;
+        return { sequence: state.sequence, durable };
       },
       async close(): Promise<void> {
-        closedLog = true;
-        await lastDurable;
+        closedStore = true;
+        await lastDurable.catch(() => {});
       },
     };
   }
 
   return {
     name: "memory",
-    async openShard(shard: number, owner: string): Promise<ShardLog> {
+    async openShard(shard: number, owner: string): Promise<ShardStore> {
       checkOpen();
       checkShardNumber(shard);
-      const state = shardState(shard);
+      const state = shardOf(shard);
+      // What earlier owners queued is committed (or refused) before the new owner reads.
+      await group?.committed;
       state.epoch += 1n;
       state.owner = owner;
-      const fence = create(LogRecordSchema, {
-        kind: { case: "fence", value: { owner, epoch: state.epoch } },
-        writtenAtMs: BigInt(Date.now()),
-      });
-      await append(state, [toBinary(LogRecordSchema, fence)]).durable;
-      return openLog(shard, state, state.epoch);
+      return openStore(shard, state, state.epoch, state.sequence);
     },
     async close(): Promise<void> {
       closed = true;
-      await group?.promise;
+      await group?.committed;
     },
     stats(): StorageStats {
       return { ...counters };
@@ -145,19 +154,24 @@ export function createMemoryStorage(): StorageBackend {
   };
 }
 
+function inRange(key: string, options: RangeOptions): boolean {
+  if (options.after !== undefined && key <= options.after) return false;
+  if (options.before !== undefined && key >= options.before) return false;
+  if (options.prefix !== undefined && !key.startsWith(options.prefix)) return false;
+  return true;
+}
+
 interface MemoryShard {
   /** The highest epoch handed out; handles with a lower one are fenced. */
   epoch: bigint;
   /** The owner that opened `epoch`, for the fencing message. */
   owner: string;
-  /** Records after the snapshot, in sequence order. */
-  records: { readonly sequence: bigint; readonly bytes: Uint8Array }[];
-  snapshot: { readonly sequence: bigint; readonly bytes: Uint8Array } | undefined;
+  /** Writes made so far, across owners. */
+  sequence: bigint;
+  tables: Map<ShardTable, Map<string, Uint8Array>>;
 }
 
 interface MemoryGroup {
-  promise: Promise<void>;
-  records: number;
-  bytes: number;
-  lastSequence: bigint;
+  writes: { state: MemoryShard; epoch: bigint; changes: readonly TableChange[] }[];
+  committed: Promise<void>;
 }

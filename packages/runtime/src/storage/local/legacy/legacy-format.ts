@@ -1,5 +1,7 @@
-// The on-disk format of the local backend: checksummed frames in log segments
-// and snapshot files.
+// The on-disk format of the local backend before LMDB (Shoal up to commit
+// c48f512): checksummed frames in log segments and snapshot files. Only the
+// reader is kept, for the upgrade of old data directories (`legacy-upgrade.ts`);
+// frozen: it reads what old runtimes wrote, and nothing writes it any more.
 //
 // Frame:   [u32 payload length][u32 crc32 of payload][payload]      (little endian)
 // Log record payload:
@@ -15,7 +17,7 @@ import { crc32 } from "node:zlib";
 
 /** Length and checksum before every payload. */
 export const FRAME_HEADER_BYTES = 8;
-/** A payload longer than this is refused on write and taken as damage on read. */
+/** A payload longer than this is taken as damage. */
 export const MAX_PAYLOAD_BYTES = 1024 * 1024 * 1024;
 
 /** Fixed header of a log record's payload, before the LogRecord bytes. */
@@ -33,25 +35,6 @@ export const FLAG_FENCE = 2;
 
 const SNAPSHOT_HEADER_BYTES = 21;
 const SNAPSHOT_FORMAT = 1;
-
-/** Size of the frame holding a record of `recordBytes` bytes. */
-export function recordFrameBytes(recordBytes: number): number {
-  return FRAME_HEADER_BYTES + RECORD_HEADER_BYTES + recordBytes;
-}
-
-/** Writes one record frame into `buf` at `offset` and returns the offset after it. */
-export function writeRecordFrame(buf: Buffer, offset: number, flags: number, shard: number, sequence: bigint, record: Uint8Array): number {
-  const payload = offset + FRAME_HEADER_BYTES;
-  buf.writeUInt8(RECORD_FORMAT, payload);
-  buf.writeUInt8(flags, payload + 1);
-  buf.writeUInt32LE(shard, payload + 2);
-  buf.writeBigUInt64LE(sequence, payload + 6);
-  buf.set(record, payload + RECORD_HEADER_BYTES);
-  const length = RECORD_HEADER_BYTES + record.length;
-  buf.writeUInt32LE(length, offset);
-  buf.writeUInt32LE(crc32(buf.subarray(payload, payload + length)), offset + 4);
-  return payload + length;
-}
 
 /** A frame that passed its checks: the payload is `buf[payloadStart, end)`. */
 export interface GoodFrame {
@@ -129,24 +112,6 @@ export function findGroupStart(buf: Buffer, from: number): number | undefined {
   return undefined;
 }
 
-/** Frames a snapshot file's content. */
-export function encodeSnapshotFile(shard: number, sequence: bigint, epoch: bigint, snapshot: Uint8Array): Buffer {
-  const length = SNAPSHOT_HEADER_BYTES + snapshot.length;
-  if (length > MAX_PAYLOAD_BYTES) {
-    throw new RangeError(`snapshot of ${snapshot.length} bytes exceeds the limit of ${MAX_PAYLOAD_BYTES} bytes`);
-  }
-  const buf = Buffer.allocUnsafe(FRAME_HEADER_BYTES + length);
-  const p = FRAME_HEADER_BYTES;
-  buf.writeUInt8(SNAPSHOT_FORMAT, p);
-  buf.writeUInt32LE(shard, p + 1);
-  buf.writeBigUInt64LE(sequence, p + 5);
-  buf.writeBigUInt64LE(epoch, p + 13);
-  buf.set(snapshot, p + SNAPSHOT_HEADER_BYTES);
-  buf.writeUInt32LE(length, 0);
-  buf.writeUInt32LE(crc32(buf.subarray(p)), 4);
-  return buf;
-}
-
 /** A snapshot file's content after its checks. */
 export interface SnapshotFile {
   readonly shard: number;
@@ -184,21 +149,6 @@ const MANIFEST_FORMAT = 1;
 export interface Manifest {
   readonly segments: readonly bigint[];
   readonly snapshotShards: readonly number[];
-}
-
-/** Frames a manifest. */
-export function encodeManifest(manifest: Manifest): Buffer {
-  const length = 1 + 4 + 8 * manifest.segments.length + 4 + 4 * manifest.snapshotShards.length;
-  const buf = Buffer.allocUnsafe(FRAME_HEADER_BYTES + length);
-  let p = FRAME_HEADER_BYTES;
-  p = buf.writeUInt8(MANIFEST_FORMAT, p);
-  p = buf.writeUInt32LE(manifest.segments.length, p);
-  for (const first of manifest.segments) p = buf.writeBigUInt64LE(first, p);
-  p = buf.writeUInt32LE(manifest.snapshotShards.length, p);
-  for (const shard of manifest.snapshotShards) p = buf.writeUInt32LE(shard, p);
-  buf.writeUInt32LE(length, 0);
-  buf.writeUInt32LE(crc32(buf.subarray(FRAME_HEADER_BYTES)), 4);
-  return buf;
 }
 
 /** Checks and decodes a manifest file, or returns what is wrong with it. */
