@@ -144,8 +144,10 @@ describe("local storage on LMDB with real processes", () => {
     timeout: 60_000,
   }, async () => {
     const directory = await temporaryDirectory();
-    // RLIMIT_FSIZE (ulimit -f, in 1 KiB blocks) stands in for a full disk:
-    // LMDB's write of a page past it fails (EFBIG) as it would with ENOSPC.
+    // RLIMIT_FSIZE (ulimit -f; sh counts 512-byte blocks) stands in for a
+    // full disk: a write past it fails (EFBIG) as it would with ENOSPC. The
+    // store must find that out before LMDB does (space-reserve.ts): LMDB's
+    // own failed page write prints "Write error" and can corrupt the heap.
     const script = `
       import { createLocalShardStorage } from ${JSON.stringify(lmdbStorage)};
       const storage = await createLocalShardStorage({ directory: ${JSON.stringify(directory)} });
@@ -169,7 +171,7 @@ describe("local storage on LMDB with real processes", () => {
       await storage.close();
       console.log("closed");
     `;
-    const child = start("/bin/sh", ["-c", 'ulimit -f 512 && exec "$0" --input-type=module -e "$1"', process.execPath, script]);
+    const child = start("/bin/sh", ["-c", 'ulimit -f 1024 && exec "$0" --input-type=module -e "$1"', process.execPath, script]);
     cleanups.push(async () => {
       child.process.kill("SIGKILL");
       await child.exited;
@@ -185,6 +187,7 @@ describe("local storage on LMDB with real processes", () => {
     );
     expect(output).toMatch(/^refused: StorageError: shard 0: an earlier write failed \(.*\); open the shard again$/m);
     expect(output).not.toContain("accepted after the failure");
+    expect(child.stderr()).not.toContain("Write error");
     const acked = [...output.matchAll(/^ack (\d+)$/gm)].map(([, i]) => Number(i));
     expect(acked.length).toBeGreaterThan(50);
 

@@ -109,7 +109,16 @@ export async function runBankStorm(options: BankStormOptions): Promise<BankStorm
   const failures: string[] = [];
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
-  const args = ["--port", String(port), "--data-dir", dataDir, "--shards", String(options.shards), "--log-level", "warn"];
+  const args = [
+    "--port",
+    String(port),
+    "--data-dir",
+    dataDir,
+    "--shards",
+    String(options.shards),
+    "--log-level",
+    process.env.SHOAL_STORM_LOG_LEVEL ?? "warn",
+  ];
   // Every runtime's stderr, for the excerpt of a failure.
   const logs: string[] = [];
   let client: Child | undefined;
@@ -199,8 +208,13 @@ export async function runBankStorm(options: BankStormOptions): Promise<BankStorm
       const pid = runtime?.process.pid;
       for (let cycle = 0; cycle < options.diskFull.cycles; cycle++) {
         await sleep(300 + random() * 700);
+        const reported = diskErrors(runtime?.stderr() ?? "");
         disk.fill();
-        await sleep(500 + random() * 1500);
+        // The runtime keeps serving from the space its store reserved ahead
+        // (space-reserve.ts) until it needs more: the disk stays full until
+        // it has said so, then a little longer.
+        for (let waited = 0; waited < 20_000 && diskErrors(runtime?.stderr() ?? "") === reported; waited += 100) await sleep(100);
+        await sleep(200 + random() * 1000);
         disk.free();
         diskFullCycles++;
         if (runtime?.process.exitCode !== null || runtime.process.signalCode !== null) {
@@ -210,10 +224,13 @@ export async function runBankStorm(options: BankStormOptions): Promise<BankStorm
           break;
         }
       }
-      diskFullErrors = (runtime?.stderr().match(/ENOSPC|EFBIG/g) ?? []).length;
+      diskFullErrors = diskErrors(runtime?.stderr() ?? "");
       if (diskFullErrors === 0)
         failures.push("disk full: the runtime logged no ENOSPC or EFBIG, so the disk never filled for it (the check proved nothing)");
       if (runtime?.process.pid !== pid) failures.push("disk full: the runtime was restarted");
+      // lmdb-js's own failed page write can corrupt the heap (space-reserve.ts): the store must fail the group first.
+      if (runtime?.stderr().includes("Write error"))
+        failures.push("disk full: LMDB's own page write met the full disk (its 'Write error' is on stderr)");
     }
 
     // The fault is gone: let the client run against a healthy runtime, then drain.
@@ -233,7 +250,12 @@ export async function runBankStorm(options: BankStormOptions): Promise<BankStorm
       `total balance ${balanceTotal} of ${accounts * initial}: ${failures.length === 0 ? "ok" : `${failures.length} checks FAILED`}`;
     process.stdout.write(`${summary}\n`);
     if (failures.length > 0) {
-      failures.push(logExcerpt([...logs, runtime?.stderr() ?? ""].join(""), suspects));
+      const log = [...logs, runtime?.stderr() ?? ""].join("");
+      failures.push(logExcerpt(log, suspects));
+      // All of it, for a closer look (SHOAL_STORM_LOG_LEVEL=info or debug says more).
+      const saved = join(tmpdir(), `shoal-storm-${seed}.log`);
+      writeFileSync(saved, log);
+      failures.push(`the runtime's whole log: ${saved}`);
     }
     return { seed, summary, failures };
   } finally {
@@ -437,6 +459,11 @@ async function getAccount(
     await sleep(100);
   }
   throw new Error(`bank.v1.Account/Get ${account} kept failing after the storm: ${last}`);
+}
+
+/** How many times a runtime's log names a full disk or file size limit. */
+function diskErrors(stderr: string): number {
+  return (stderr.match(/ENOSPC|EFBIG/g) ?? []).length;
 }
 
 /**

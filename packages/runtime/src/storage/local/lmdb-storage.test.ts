@@ -119,6 +119,53 @@ describe("local storage on LMDB", () => {
     expect(events).toEqual(["flushed", "flushed", "durable"]);
   });
 
+  it("refuses a handle's writes from the moment a group of its writes failed, before that failure is reported", async () => {
+    let release!: () => void;
+    const hold = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let full = false;
+    let holding = false;
+    let refusedRoom = false;
+    const storage = await openStorage(
+      { directory: await temporaryDirectory() },
+      {
+        // The first write's flush is held, so the second group's failure is reported only after it.
+        flushed: (flushed) => (holding ? flushed.then(() => hold) : flushed),
+        noRoom: () => {
+          if (!full) return undefined;
+          refusedRoom = true;
+          return Object.assign(new Error("ENOSPC: no space left on device"), { code: "ENOSPC" });
+        },
+      },
+    );
+    const store = await storage.openShard(0, "node-a");
+    holding = true;
+    const first = store.write([{ table: "instance", key: "1", value: value("first") }], []);
+    expect(await turnsUntil(() => store.get("instance", "1") !== undefined)).toBe(true);
+    full = true;
+    const second = store.write([{ table: "instance", key: "2", value: value("second") }], []);
+    let secondFailed = false;
+    void second.durable.catch(() => {
+      secondFailed = true;
+    });
+    // The second group fails at once for want of room, but is not reported yet.
+    expect(await turnsUntil(() => refusedRoom)).toBe(true);
+    for (let i = 0; i < 10; i++) await new Promise((resolve) => setImmediate(resolve));
+    expect(secondFailed).toBe(false);
+    full = false;
+    holding = false;
+    // A third write would build on the second, which the shard applied in memory: refused, although it would fit.
+    expect(() => store.write([{ table: "instance", key: "3", value: value("third") }], [])).toThrow(
+      /shard 0: an earlier write failed \(.*\); open the shard again/,
+    );
+    release();
+    await first.durable;
+    await expect(second.durable).rejects.toThrow(/a write transaction failed: disk full \(ENOSPC\)/);
+    const reopened = await storage.openShard(0, "node-a");
+    expect([...reopened.range("instance")].map((e) => e.key)).toEqual(["1"]);
+  });
+
   it("refuses inside the transaction the writes a fenced handle queued before the shard was opened again", async () => {
     const storage = await openStorage({ directory: await temporaryDirectory() });
     const old = await storage.openShard(1, "node-a");

@@ -27,6 +27,7 @@ import { checkShardNumber, checkTableKey } from "../storage-checks.js";
 import { type DirectoryLock, lockDirectory } from "./directory-lock.js";
 import { describeFsError } from "./fs-errors.js";
 import { upgradeLegacyDirectory } from "./legacy/legacy-upgrade.js";
+import { openSpaceReserve, type SpaceReserve } from "./space-reserve.js";
 
 /** Options of {@link createLocalShardStorage}. */
 export interface LocalShardStorageOptions {
@@ -59,10 +60,13 @@ export interface LocalShardStorageOptions {
 /**
  * Hooks for tests of this file only: `flushed` receives LMDB's promise that a
  * group's transaction is on disk and returns the one `durable` waits for, so
- * a test can hold a flush back and see `durable` wait for it.
+ * a test can hold a flush back and see `durable` wait for it; `noRoom` fails
+ * a group as a full disk does.
  */
 export interface LocalShardStorageHooks {
   flushed?(flushed: Promise<void>): Promise<void>;
+  /** Decides before the disk whether a transaction of `pages` new pages finds room: an error says it does not. */
+  noRoom?(pages: number): NodeJS.ErrnoException | undefined;
 }
 
 /** The version of the layout below, kept in the store; a store of another version is refused. */
@@ -164,6 +168,8 @@ interface ShardInfo {
   stored: bigint;
   /** The highest sequence handed out. */
   sequence: bigint;
+  /** The epoch a write of failed (none, 0n): that handle takes no more writes. */
+  failedEpoch: bigint;
 }
 
 /** A `write` waiting for its transaction. */
@@ -243,9 +249,27 @@ function openLocked(directory: string, settings: Settings, hooks: LocalShardStor
     if (code === -30793 || code === -30794 || code === -30795 || code === -30796) throw damaged(dataFile, error);
     throw new StorageError(`cannot open storage ${dataFile}: ${describeLmdbError(error)}`, { cause: error });
   }
+  let reserve: SpaceReserve;
   try {
+    reserve = openSpaceReserve(dataFile);
+  } catch (error) {
+    void root.close();
+    throw new StorageError(`cannot open storage ${dataFile}: ${describeFsError(error)}`, { cause: error });
+  }
+  /** What the `tables` tree holds besides leaves, for the estimate of a transaction's pages (see pagesFor). */
+  let tree = { depth: 0, branchPages: 0 };
+  const measureTree = () => {
+    const stats = tables.getStats() as { treeDepth: number; treeBranchPageCount: number };
+    tree = { depth: stats.treeDepth, branchPages: stats.treeBranchPageCount };
+  };
+  try {
+    measureTree();
+    // The format version of a new store is LMDB's first write.
+    const noSpace = reserveSpace(pagesFor([]));
+    if (noSpace !== undefined) throw noSpace;
     checkOpened(root, tables, shards, dataFile, existed);
   } catch (error) {
+    reserve.close();
     void root.close();
     throw error;
   }
@@ -276,10 +300,50 @@ function openLocked(directory: string, settings: Settings, hooks: LocalShardStor
         owner: shards.get(["owner", shard]) ?? "",
         stored: epoch,
         sequence: BigInt(shards.get(["sequence", shard]) ?? "0"),
+        failedEpoch: 0n,
       };
       known.set(shard, info);
     }
     return info;
+  }
+
+  /**
+   * Allocates room in the file for a transaction of `pages` new pages at
+   * most, before LMDB writes it (see space-reserve.ts); the error when the
+   * disk has none.
+   */
+  function reserveSpace(pages: number): StorageError | undefined {
+    const info = (root as unknown as { env: { info(): { lastPageNumber: number } } }).env.info();
+    const before = reserve.allocatedEnd;
+    const error = hooks.noRoom?.(pages) ?? reserve.ensure((info.lastPageNumber + 1) * pageSize, pages * pageSize);
+    if (reserve.allocatedEnd !== before) measureTree();
+    if (error === undefined) return undefined;
+    return new StorageError(`local storage ${directory}: a write transaction failed: ${describeFsError(error)}: no room for its pages`, {
+      cause: error,
+    });
+  }
+
+  /**
+   * The most pages a group's transaction can add to the file. LMDB copies
+   * every page it changes: a change's leaf, the branch pages above it (all
+   * of them at most, whatever the number of changes), and a put may split
+   * its leaf; a large value takes overflow pages of its own. Then the
+   * `shards` entries of each write or open, the main tree, and the records
+   * of the pages the transaction frees. The branch pages and the depth are
+   * measured each time the file grows; the chunk of room the reserve adds
+   * beyond the estimate covers what they grow by meanwhile.
+   */
+  function pagesFor(ops: readonly Op[]): number {
+    let pages = 16 + 2 * (tree.depth + 1) + tree.branchPages;
+    for (const op of ops) {
+      if (op.kind === "open") {
+        pages += 12;
+        continue;
+      }
+      pages += 4;
+      for (const change of op.changes) pages += change.value === undefined ? 1 : 2 + Math.ceil(change.value.length / pageSize);
+    }
+    return pages;
   }
 
   function enqueue(op: Op): void {
@@ -303,6 +367,17 @@ function openLocked(directory: string, settings: Settings, hooks: LocalShardStor
     const applied: Promise<boolean>[] = [];
     /** The epoch whose `open` key each shard has once the blocks queued so far have run. */
     const opened = new Map<number, bigint>();
+    const noSpace = reserveSpace(pagesFor(ops));
+    if (noSpace !== undefined) {
+      // LMDB never sees this transaction: the group and what queued behind it fail as a failed commit does.
+      ops = [...ops, ...pending];
+      pending = [];
+      markFailed(ops);
+      const previous = lastGroup;
+      lastGroup = previous.then(() => settle(ops, noSpace));
+      nextGroup();
+      return Promise.resolve();
+    }
     let committed: Promise<unknown>;
     try {
       // Queued writes that LMDB's write thread runs as one transaction, without
@@ -349,9 +424,20 @@ function openLocked(directory: string, settings: Settings, hooks: LocalShardStor
         // writes may build on what was lost (or LMDB never ran the transaction).
         ops = [...ops, ...pending];
         pending = [];
+        markFailed(ops);
         nextGroup();
       },
     );
+  }
+
+  /**
+   * Stops the handles of the failed ops' shards at once, before their
+   * rejections arrive: a handle's next write would build on the lost ones
+   * (the shard applied them in memory), and a smaller transaction may well
+   * find room where this one did not.
+   */
+  function markFailed(ops: readonly Op[]): void {
+    for (const op of ops) if (op.kind === "write") infoOf(op.shard).failedEpoch = op.epoch;
   }
 
   function nextGroup(): void {
@@ -437,8 +523,9 @@ function openLocked(directory: string, settings: Settings, hooks: LocalShardStor
         checkOpen();
         if (info.epoch !== epoch) throw fenced();
         if (closedStore) throw new StorageError(`shard ${shard}: this store (epoch ${epoch}) is closed`);
-        if (broken !== undefined) {
-          throw new StorageError(`shard ${shard}: an earlier write failed (${broken.message}); open the shard again`);
+        if (broken !== undefined || info.failedEpoch === epoch) {
+          const why = broken?.message ?? "its transaction failed";
+          throw new StorageError(`shard ${shard}: an earlier write failed (${why}); open the shard again`);
         }
         let bytes = 0;
         const encoded = changes.map((change) => {
@@ -484,6 +571,7 @@ function openLocked(directory: string, settings: Settings, hooks: LocalShardStor
       try {
         while (writing || pending.length > 0) await Promise.all([currentCommit, lastGroup]);
         await lastGroup;
+        reserve.close();
         const closing = root.close();
         // lmdb-js waits for the flush of the last transaction, which never
         // comes when that transaction failed: then it closes in its own time.
