@@ -100,6 +100,7 @@ async function shardWith(
   });
   return {
     shard,
+    storage,
     store,
     requests,
     delivered,
@@ -222,6 +223,30 @@ describe("ShardProcessor with a scripted invoker", () => {
     expect(t.requests[2]?.state).toEqual(balance(10n));
     expect(t.shard.stateOf(type, "a")).toEqual(balance(20n));
     expect(t.shard.stats().journals).toBe(0);
+  });
+
+  it("sends no call from a shard that stopped while the invocation ran: it can no longer log the request before the call leaves", async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const t = await shardWith(async (req) => {
+      if (req.messages[0]?.envelope.id === "first") await gate;
+      return callingFirst(req);
+    });
+    const first = request(t.shard, "first", "a");
+    for (let i = 0; i < 100 && t.requests.length === 0; i++) await new Promise((resolve) => setImmediate(resolve));
+    expect(t.requests).toHaveLength(1);
+    // Another owner opens the shard: the next commit here is fenced and the shard stops, answering its waiters.
+    await t.storage.openShard(0, "node-2");
+    expect(await request(t.shard, "other", "c")).toBeInstanceOf(ShardUnavailableError);
+    expect(await first).toBeInstanceOf(ShardUnavailableError);
+    // The handler of "first" only now reaches its call. Its sender retries at the new owner, which runs it
+    // anew; a call sent from here as well would deposit without the withdrawal that goes with it.
+    release();
+    for (let i = 0; i < 20; i++) await new Promise((resolve) => setImmediate(resolve));
+    expect(t.requests.map((r) => r.messages[0]?.envelope.id)).toEqual(["first", "other"]);
+    expect(t.delivered).toEqual([]);
   });
 
   it("sends a call again, as a new copy, when its result does not come within callResendMs, and finishes once it comes", async () => {

@@ -786,6 +786,13 @@ export class ShardProcessor {
    * call leaves, and `resumeProcessing` resumes it first.
    */
   private makeDurableBeforeCall(envelope: Envelope): Promise<void> {
+    // A stopped shard has forgotten which requests it held in memory only
+    // (fail() drops them), so it can no longer log one before its call
+    // leaves; and its successor may already run the same request anew, on a
+    // state that has moved on. No call leaves a stopped shard.
+    if (this.failed !== undefined || this.closed) {
+      return Promise.reject(new ShardUnavailableError(`shard ${this.shard} stopped; the call was not sent`));
+    }
     if (!this.volatile.delete(envelope.id)) return Promise.resolve();
     if (envelope.payload.length === 0) envelope.payload = this.requestBytes(envelope);
     try {
