@@ -289,7 +289,7 @@ function remoteConfig(root: string, o: BankStormOptions & { port: number; dataDi
     `shards: ${o.shards}
 ingress: { port: ${o.port} }
 storage: { directory: ${JSON.stringify(o.dataDir)} }
-${o.snapshotEvery === undefined ? "" : `snapshotEvery: ${o.snapshotEvery}\n`}functions:
+functions:
   descriptors: ${JSON.stringify(descriptors)}
   remote:
     - type: bank.v1.Account

@@ -46,6 +46,12 @@ export interface ClusterStormOptions {
   readonly leaseMs?: number;
   /** Default SHOAL_STORM_SEED, else random. */
   readonly seed?: number;
+  /**
+   * How long the whole storm may take before it stops and reports the step
+   * it was stuck at, with every node's log; default 270 s (the test's
+   * timeout would say nothing).
+   */
+  readonly deadlineMs?: number;
 }
 
 type Fault = "node" | "nats" | "pause";
@@ -76,13 +82,22 @@ export async function runClusterStorm(options: ClusterStormOptions): Promise<Ban
   let cluster: ClusterNodes | undefined;
   let client: Child | undefined;
   let watch: { stop(): Promise<string[]> } | undefined;
-  try {
+  /** What the storm is doing, for the report of a storm stuck past its deadline. */
+  let step = "starting 3 nats-servers";
+  let deadline: NodeJS.Timeout | undefined;
+  const stuck = new Promise<never>((_, reject) => {
+    const ms = options.deadlineMs ?? 270_000;
+    deadline = setTimeout(() => reject(new Error(`stuck for ${ms} ms in all, at: ${step}`)), ms);
+  });
+  const run = async (): Promise<BankStormReport> => {
     nats = await startNatsCluster({ size: 3 });
+    step = "starting the nodes";
     // SHOAL_STORM_LOG_LEVEL=info (say) logs more; a failed storm writes every node's whole log to a file.
     const logLevel = process.env.SHOAL_STORM_LOG_LEVEL;
     cluster = await startClusterNodes({ nats, count: options.nodes ?? 3, shards: options.shards ?? 8, leaseMs, logLevel });
     const { nodes } = cluster;
     watch = watchInputsStream(nats);
+    step = "starting the load client";
     // With cycles, as on one node: transfers crossing between nodes are answered as call cycles, each exactly once.
     // 30 s to settle rather than one node's 15: a call or result lost around a nats-server restart is asked for again
     // only after callResendMs (10 s), and shards may still be moving between the nodes when the last fault ends.
@@ -90,19 +105,25 @@ export async function runClusterStorm(options: ClusterStormOptions): Promise<Ban
 
     for (const fault of faults) {
       await sleep(150 + random() * 450);
+      const nth = `fault ${done.node + done.nats + done.pause + 1} of ${faults.length}`;
       if (fault === "node") {
         const node = pick(nodes);
+        step = `${nth}: SIGKILL of ${node.id}`;
         await node.kill();
         await sleep(random() * 1000);
+        step = `${nth}: starting ${node.id} again after its SIGKILL`;
         await node.start();
       } else if (fault === "nats") {
         const server = pick(nats.servers);
+        step = `${nth}: SIGKILL of a nats-server`;
         await server.kill();
         await sleep(random() * 1000);
+        step = `${nth}: restarting the nats-server, and the cluster's readiness`;
         await server.restart();
         await nats.ready(60_000);
       } else {
         const node = pick(nodes);
+        step = `${nth}: SIGSTOP of ${node.id}`;
         node.pause();
         // Longer than the lease, so that another node may take its shards meanwhile.
         await sleep(leaseMs * 2 + random() * leaseMs);
@@ -110,13 +131,16 @@ export async function runClusterStorm(options: ClusterStormOptions): Promise<Ban
       }
       done[fault]++;
       // A node that died by itself is restarted, so the storm goes on; the check below reports it.
+      step = `${nth}: restarting nodes that died by themselves`;
       for (const node of nodes) if (!node.running) await node.start();
     }
 
     // The faults are over: let the client run against a healthy cluster, then drain.
     await sleep(2000);
+    step = "draining the load client (it retries unanswered transfers until its settle time)";
     const load = await stopLoadClient(client);
     const url = nodes[0]?.url as string;
+    step = "checking the bank through the first node";
     const { balanceTotal, checkFailures, suspects } = await checkBank(url, accounts, initial, load);
     failures.push(...checkFailures, ...checkAnswers(`cluster ${options.name}`, load));
     for (const node of nodes) failures.push(...node.unexpectedExits);
@@ -136,13 +160,25 @@ export async function runClusterStorm(options: ClusterStormOptions): Promise<Ban
       failures.push(`every node's log: ${file}`, logExcerpt(logs, suspects));
     }
     return { seed, summary, failures };
+  };
+  try {
+    const running = run();
+    // Left running when the deadline passes: the finally below kills what it waits for.
+    running.catch(() => {});
+    return await Promise.race([running, stuck]);
   } catch (err) {
     // A harness step that failed (a node that never listened again, a cluster without a leader) is a failure of the storm too.
     const so = `after ${done.node} node SIGKILLs, ${done.nats} nats-server SIGKILLs and ${done.pause} SIGSTOPs`;
     const logs = cluster?.nodes.map((n) => `--- ${n.id}\n${n.log().trimEnd().split("\n").slice(-15).join("\n")}`).join("\n") ?? "";
     failures.push(`cluster storm ${options.name} (seed ${seed}) broke ${so}: ${(err as Error).message}\n${logs}`);
+    if (cluster !== undefined) {
+      const file = join(tmpdir(), `shoal-cluster-storm-${seed}.log`);
+      writeFileSync(file, cluster.nodes.map((n) => `--- ${n.id}\n${n.log()}`).join(""));
+      failures.push(`every node's log: ${file}`);
+    }
     return { seed, summary: failures[0] as string, failures };
   } finally {
+    clearTimeout(deadline);
     await watch?.stop();
     client?.process.kill("SIGKILL");
     await cluster?.close();

@@ -147,7 +147,11 @@ function serverProcess(name: string, url: string, args: string[]): NatsServerPro
       log = "";
       const started = spawn(natsServerBin, args, { stdio: ["ignore", "ignore", "pipe"] });
       child = started;
-      exited = new Promise((resolve) => started.once("exit", resolve));
+      // A binary that cannot be started emits "error" and never "exit".
+      exited = new Promise((resolve) => {
+        started.once("exit", resolve);
+        started.once("error", resolve);
+      });
       started.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
         log = (log + chunk).slice(-20_000);
       });
