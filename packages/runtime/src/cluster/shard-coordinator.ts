@@ -13,7 +13,7 @@
  * same targets from the same membership. A node under its target takes
  * shards whose lease is free or expired (`shard-lease.ts`) and opens them
  * (`NodeRuntime.acquireShard`, which fences the shard's WAL); a node over its
- * target gives its extra shards up gracefully: first the shard
+ * target for as long as a lease lasts gives its extra shards up gracefully: first the shard
  * (`releaseShard`: its waiting requests are answered Unavailable and retried
  * elsewhere), then the lease, so the next owner takes it at once.
  *
@@ -124,6 +124,8 @@ export async function startShardCoordinator(options: ShardCoordinatorOptions): P
   /** Shards whose lease is held and which are being opened: not open yet, and not fenced either. */
   const opening = new Set<number>();
   let lastHeartbeat = 0;
+  /** Since when this node has held more than its share (undefined: it does not). */
+  let overShareSinceMs: number | undefined;
   let stopped = false;
   let owned = "";
 
@@ -229,9 +231,16 @@ export async function startShardCoordinator(options: ShardCoordinatorOptions): P
   async function round() {
     const share = target();
     if (held.size > share && liveNodes().length > 1) {
-      const extras = [...held.keys()].sort((a, b) => b - a).slice(0, held.size - share);
-      for (const shard of extras) if (!stopped) await giveUp(shard, `this node holds more than its share of ${share}`);
-    }
+      // Giving a shard up only evens the load, and moving it costs its
+      // requests a retry and the next owner a restore: wait until the
+      // membership has said the same for a lease's length, so that a record
+      // late for a moment (a nats-server restarting) moves nothing twice.
+      overShareSinceMs ??= now();
+      if (now() - overShareSinceMs >= leaseMs) {
+        const extras = [...held.keys()].sort((a, b) => b - a).slice(0, held.size - share);
+        for (const shard of extras) if (!stopped) await giveUp(shard, `this node holds more than its share of ${share}`);
+      }
+    } else overShareSinceMs = undefined;
     const free = freeShards();
     while (!stopped && free.length > 0 && held.size < share)
       await Promise.all(free.splice(0, Math.min(takeAtOnce, share - held.size)).map(take));
