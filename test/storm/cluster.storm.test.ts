@@ -10,6 +10,6 @@ import { runClusterStorm } from "./cluster-storm.js";
 it("cluster: 20 node SIGKILLs, 10 nats-server SIGKILLs, a SIGSTOP longer than the lease, 3 nodes, 8 shards", {
   timeout: 900_000,
 }, async () => {
-  const report = await runClusterStorm({ name: "full", nodeKills: 20, natsKills: 10, pauses: 1 });
+  const report = await runClusterStorm({ name: "full", nodeKills: 20, natsKills: 10, pauses: 1, deadlineMs: 840_000 });
   expect(report.failures, report.summary).toEqual([]);
 });
