@@ -54,16 +54,16 @@ export function statusText(status: StatusResponse, nowMs: number): string {
       (s) =>
         `${String(s.shard).padStart(5)} ${s.node.padEnd(nodeWidth)} ${table(
           [6, 19, 8, 8, 4, 7],
-          [
-            s.epoch,
-            s.leaseOwner === "" ? "-" : `${s.leaseOwner}@${s.leaseEpoch}`,
-            s.walSequence,
-            optional(s.appliedSequence),
-            optional(s.lag),
-            optional(s.pendingInputs),
-          ],
+          [s.epoch, leaseText(s, nowMs), s.walSequence, optional(s.appliedSequence), optional(s.lag), optional(s.pendingInputs)],
         )}`,
     ),
   );
   return `${lines.join("\n")}\n`;
+}
+
+/** A shard's lease as status shows it: a released or expired lease is free, whoever held it last. */
+function leaseText(s: { leaseOwner: string; leaseEpoch: bigint; leaseExpiresAtMs: bigint }, nowMs: number): string {
+  if (s.leaseOwner === "") return "-";
+  const held = `${s.leaseOwner}@${s.leaseEpoch}`;
+  return Number(s.leaseExpiresAtMs) > nowMs ? held : `free (${held})`;
 }
