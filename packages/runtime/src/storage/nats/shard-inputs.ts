@@ -431,6 +431,32 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
     }
   }
 
+  /**
+   * The stream refused this shard's consumer for another that takes its
+   * subject, several times in a row, although every consumer of this shard
+   * was deleted first and none is left in JetStream's list. A nats-server
+   * 2.9 that was down or behind when a consumer was deleted can keep it in
+   * the stream it leads, and refuse every new consumer of that subject for
+   * as long as it leads (seen in the cluster storm: over a minute). The
+   * stream's next leader has only the consumers JetStream lists.
+   */
+  async function moveStreamLead(): Promise<void> {
+    const m = await o.jsm();
+    for await (const consumer of m.consumers.list(o.streamName)) {
+      // A consumer that is there (one not made by Shoal) is no ghost: the refusal says so already.
+      if (consumer.config.filter_subject === o.subject) return;
+    }
+    o.logger.warn(
+      `shard ${o.shard}: stream ${o.streamName} keeps refusing a consumer of ${o.subject} for one it no longer lists; asking the stream's leader to step down`,
+      { stream: o.streamName },
+    );
+    await o.nc.request(`$JS.API.STREAM.LEADER.STEPDOWN.${o.streamName}`, "", { timeout: o.ackTimeoutMs });
+  }
+
+  function isNotUnique(err: unknown): boolean {
+    return err instanceof StorageError && err.cause instanceof JetStreamApiError && err.cause.code === workQueueConsumerNotUnique;
+  }
+
   function notUnique(err: unknown): unknown {
     if (!(err instanceof JetStreamApiError && err.code === workQueueConsumerNotUnique)) return err;
     return new StorageError(
@@ -465,13 +491,22 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
   }
 
   const running = (async () => {
+    let refusedInARow = 0;
     for (let failures = 0; !stopping; ) {
       try {
         await session();
         failures = 0;
+        refusedInARow = 0;
       } catch (err) {
         if (stopping) return;
         failures++;
+        refusedInARow = isNotUnique(err) ? refusedInARow + 1 : 0;
+        if (refusedInARow >= ghostClaimAfter) {
+          refusedInARow = 0;
+          await moveStreamLead().catch((stepdown: unknown) =>
+            o.logger.warn(`shard ${o.shard}: asking stream ${o.streamName}'s leader to step down failed`, { error: String(stepdown) }),
+          );
+        }
         // The shard refusing (recovering, moved) is expected for a moment; say so once it lasts.
         if (failures >= 3 || !(err instanceof StorageError || isUnavailable(err)))
           o.logger.warn(`shard ${o.shard}: consuming inputs from stream ${o.streamName} failed; retrying`, {
@@ -573,6 +608,9 @@ function inputMessageId(envelope: Envelope): string {
 
 /** JetStream's error code for a second consumer of a subject on a work-queue stream. */
 const workQueueConsumerNotUnique = 10100;
+
+/** Refusals in a row for another consumer of the subject after which the stream's leader is asked to step down (see `moveStreamLead`). */
+const ghostClaimAfter = 3;
 
 /**
  * The names of a stream's consumers, from JetStream's assignments
