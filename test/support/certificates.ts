@@ -1,5 +1,7 @@
 // Test certificates made with the machine's openssl: a CA, and a server
-// certificate (for 127.0.0.1) and a client certificate that it signed.
+// certificate (for 127.0.0.1, and for localhost: the NATS client checks a
+// server reached by IP address against that name) and a client certificate
+// that it signed.
 import { execFileSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -31,7 +33,7 @@ export function makeTestCertificates(dir: string): TestCertificates {
     "-subj",
     "/CN=shoal test CA",
   );
-  writeFileSync(join(dir, "san.ext"), "subjectAltName=IP:127.0.0.1\n");
+  writeFileSync(join(dir, "san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
   for (const name of ["server", "client"]) {
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${name}`);
     openssl(

@@ -82,6 +82,7 @@ async function openStorage(storage: ShoalConfig["storage"], cluster: Cluster | u
         return await createNatsShardStorage({
           connection: cluster?.connection,
           servers: storage.servers,
+          security: storage.security,
           directory: storage.directory,
           replicas: storage.replicas,
         });
@@ -111,7 +112,7 @@ async function joinCluster(config: ShoalConfig): Promise<Cluster | undefined> {
   if (storage.backend !== "nats") return undefined;
   let connection: NatsConnection;
   try {
-    connection = await connectToNats([...storage.servers]);
+    connection = await connectToNats([...storage.servers], storage.security);
   } catch (err) {
     throw natsUnreachable(storage.servers, err);
   }

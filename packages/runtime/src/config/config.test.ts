@@ -193,13 +193,42 @@ describe("validateConfig", () => {
     expect(
       validateConfig({ storage: { backend: "nats", servers: ["nats://a:4222", "nats://b:4222"], directory: "cache", replicas: 3 } }, base)
         .storage,
-    ).toEqual({ backend: "nats", servers: ["nats://a:4222", "nats://b:4222"], directory: "/srv/app/cache", replicas: 3 });
+    ).toEqual({ backend: "nats", servers: ["nats://a:4222", "nats://b:4222"], directory: "/srv/app/cache", replicas: 3, security: {} });
     expect(validateConfig({ storage: { backend: "nats" } }, base).storage).toEqual({
       backend: "nats",
       servers: ["nats://127.0.0.1:4222"],
       directory: "/srv/app/.shoal",
       replicas: undefined,
+      security: {},
     });
+  });
+
+  it("takes NATS TLS files relative to the config file, and one way to authenticate, its secret from the environment if asked", () => {
+    const env = { NATS_PASSWORD: "s3cret", NATS_TOKEN: "t0ken" };
+    const storage = (extra: object) => validateConfig({ storage: { backend: "nats", ...extra } }, base, env).storage;
+    expect(
+      storage({ tls: { ca: "nats/ca.pem", cert: "nats/client.pem", key: "nats/client.key" }, user: "shoal", passwordEnv: "NATS_PASSWORD" }),
+    ).toMatchObject({
+      security: {
+        tls: { ca: "/srv/app/nats/ca.pem", cert: "/srv/app/nats/client.pem", key: "/srv/app/nats/client.key" },
+        user: "shoal",
+        password: "s3cret",
+      },
+    });
+    expect(storage({ tokenEnv: "NATS_TOKEN" })).toMatchObject({ security: { token: "t0ken" } });
+    expect(storage({ token: "inline" })).toMatchObject({ security: { token: "inline" } });
+    expect(storage({ credentials: "/etc/nats/node.creds" })).toMatchObject({ security: { credentials: "/etc/nats/node.creds" } });
+    const refused = (extra: object) => () => storage(extra);
+    expect(refused({ user: "shoal" })).toThrow("storage: user and password (or passwordEnv) go together");
+    expect(refused({ user: "shoal", password: "p", token: "t" })).toThrow(
+      "storage: expected at most one of user/password, token and credentials",
+    );
+    expect(refused({ token: "t", tokenEnv: "NATS_TOKEN" })).toThrow("storage: expected at most one of token and tokenEnv");
+    expect(refused({ tokenEnv: "UNSET_VARIABLE" })).toThrow(
+      "storage.tokenEnv: the environment variable UNSET_VARIABLE is not set (it holds the NATS token)",
+    );
+    expect(refused({ tls: { cert: "c.pem" } })).toThrow("storage.tls: cert and key go together");
+    expect(refused({ tls: { ca: "a", crt: "b" } })).toThrow("storage.tls.crt: unknown key (expected one of: ca, cert, key)");
   });
 
   it("takes the boundary values of shards and port", () => {
@@ -268,7 +297,7 @@ describe("validateConfig", () => {
       [
         "a fsync on the nats backend",
         { storage: { backend: "nats", fsync: true } },
-        "storage.fsync: unknown key (expected one of: backend, directory, servers, replicas)",
+        "storage.fsync: unknown key (expected one of: backend, directory, servers, replicas, tls, user, password, passwordEnv, token, tokenEnv, credentials)",
       ],
       [
         "an empty list of NATS servers",

@@ -30,6 +30,8 @@ export interface ShoalConfig {
         readonly directory: string;
         /** Replicas of the streams and buckets the node creates; unset: 3 on a cluster, 1 on a single server. */
         readonly replicas: 1 | 3 | undefined;
+        /** TLS and credentials for NATS (`tls`, `user`/`password`, `token`, `credentials`); empty: none. */
+        readonly security: NatsSecurity;
       }
     | { readonly backend: "memory" };
   /** Cluster mode, which every node on the `nats` backend runs in (one node is a cluster of one). */
@@ -184,7 +186,11 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd(), en
   const backend = string(storage, "backend", "storage.", defaults.storage.backend);
   if (backend !== "local" && backend !== "nats" && backend !== "memory")
     throw new ConfigError(`storage.backend: expected "local", "nats" or "memory", got "${backend}"`);
-  onlyKeys(storage, "storage", backend === "nats" ? ["backend", "directory", "servers", "replicas"] : ["backend", "directory", "fsync"]);
+  onlyKeys(
+    storage,
+    "storage",
+    backend === "nats" ? ["backend", "directory", "servers", "replicas", ...natsSecurityKeys] : ["backend", "directory", "fsync"],
+  );
   const cluster = object(root.cluster, "cluster");
   onlyKeys(cluster, "cluster", ["nodeId", "leaseMs"]);
   if (backend !== "nats" && Object.keys(cluster).length > 0)
@@ -247,6 +253,7 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd(), en
               servers: natsServers(storage.servers),
               directory: resolve(baseDir, string(storage, "directory", "storage.", defaults.storage.directory)),
               replicas: natsReplicas(storage.replicas),
+              security: natsSecurity(storage, baseDir, env),
             }
           : {
               backend,
@@ -295,6 +302,65 @@ function natsServers(value: unknown): string[] {
     }
     return url;
   });
+}
+
+/**
+ * How a node proves who it is to NATS and checks the servers; all optional.
+ * At most one of `user`/`password`, `token` and `credentials`.
+ */
+export interface NatsSecurity {
+  /** TLS: the CA that signed the servers' certificates (PEM file), and a client certificate and key (PEM files) where the servers require one. */
+  readonly tls?: { readonly ca?: string; readonly cert?: string; readonly key?: string };
+  readonly user?: string;
+  readonly password?: string;
+  readonly token?: string;
+  /** A NATS credentials file (a user JWT and its NKey seed, as `nsc` writes it). */
+  readonly credentials?: string;
+}
+
+const natsSecurityKeys = ["tls", "user", "password", "passwordEnv", "token", "tokenEnv", "credentials"];
+
+/** `storage.tls` (files relative to the config file), and at most one way to authenticate; secrets may come from the environment. */
+function natsSecurity(storage: Record<string, unknown>, baseDir: string, env: NodeJS.ProcessEnv): NatsSecurity {
+  const secret = (key: string, envKey: string): string | undefined => {
+    if (storage[key] !== undefined && storage[envKey] !== undefined) {
+      throw new ConfigError(`storage: expected at most one of ${key} and ${envKey}`);
+    }
+    if (storage[envKey] === undefined) return storage[key] === undefined ? undefined : string(storage, key, "storage.", "");
+    const variable = string(storage, envKey, "storage.", "");
+    const value = env[variable];
+    if (value === undefined || value === "") {
+      throw new ConfigError(`storage.${envKey}: the environment variable ${variable} is not set (it holds the NATS ${key})`);
+    }
+    return value;
+  };
+  const user = storage.user === undefined ? undefined : string(storage, "user", "storage.", "");
+  const password = secret("password", "passwordEnv");
+  const token = secret("token", "tokenEnv");
+  const credentials = storage.credentials === undefined ? undefined : resolve(baseDir, string(storage, "credentials", "storage.", ""));
+  if ((user === undefined) !== (password === undefined)) {
+    throw new ConfigError("storage: user and password (or passwordEnv) go together");
+  }
+  const ways = [user, token, credentials].filter((way) => way !== undefined).length;
+  if (ways > 1) throw new ConfigError("storage: expected at most one of user/password, token and credentials to authenticate to NATS");
+  const tlsRaw = storage.tls === undefined || storage.tls === null ? undefined : object(storage.tls, "storage.tls");
+  let tls: NatsSecurity["tls"];
+  if (tlsRaw !== undefined) {
+    onlyKeys(tlsRaw, "storage.tls", ["ca", "cert", "key"]);
+    const file = (key: string) => (tlsRaw[key] === undefined ? undefined : resolve(baseDir, string(tlsRaw, key, "storage.tls.", "")));
+    tls = { ca: file("ca"), cert: file("cert"), key: file("key") };
+    if ((tls.cert === undefined) !== (tls.key === undefined)) {
+      throw new ConfigError(
+        "storage.tls: cert and key go together (the client certificate and its private key, for servers that verify clients)",
+      );
+    }
+  }
+  return {
+    ...(tls === undefined ? {} : { tls }),
+    ...(user === undefined ? {} : { user, password }),
+    ...(token === undefined ? {} : { token }),
+    ...(credentials === undefined ? {} : { credentials }),
+  };
 }
 
 /** A node id is a NATS subject token and a KV key: the host name by default, with any other character made "-". */

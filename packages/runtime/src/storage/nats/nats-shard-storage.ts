@@ -50,10 +50,12 @@
  * fsync survives a crash of the process, not necessarily of the machine:
  * after one, delete the node's directory and it is rebuilt from JetStream.
  */
+import { readFileSync } from "node:fs";
 import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { type ConnectionOptions, connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "@shoal/sdk";
 import type { LogRecord } from "@shoal/sdk/internal";
+import type { NatsSecurity } from "../../config/config.js";
 import { createLocalShardStorage } from "../local/lmdb-storage.js";
 import { restoreBatches, snapshotOf } from "../shard-snapshot.js";
 import {
@@ -78,6 +80,8 @@ export interface NatsShardStorageOptions {
   readonly servers?: string | readonly string[];
   /** An open connection to use instead of `servers`; the storage does not close it. */
   readonly connection?: NatsConnection;
+  /** TLS and credentials for the connection to `servers`. */
+  readonly security?: NatsSecurity;
   /** The directory of this node's local materialized store (LMDB); created when missing. Required. */
   readonly directory: string;
   /** Prefix of every stream and bucket: `<prefix>-wal-<shard>`, `<prefix>-snapshots`… Default `shoal`. */
@@ -110,8 +114,44 @@ export interface NatsShardStorage extends ShardStorage {
  * ready meanwhile); a server that vanishes without closing the socket is
  * noticed after two missed pings instead of the client's default four minutes.
  */
-export function connectToNats(servers: string | string[]): Promise<NatsConnection> {
-  return connect({ servers, maxReconnectAttempts: -1, reconnectTimeWait: 1_000, pingInterval: 10_000, maxPingOut: 2 });
+export function connectToNats(servers: string | string[], security: NatsSecurity = {}): Promise<NatsConnection> {
+  return connect({
+    servers,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 1_000,
+    pingInterval: 10_000,
+    maxPingOut: 2,
+    ...connectionSecurity(security),
+  });
+}
+
+/** The connect options for `security`, with its files read now: a missing or unreadable one is named. */
+function connectionSecurity(security: NatsSecurity): Partial<ConnectionOptions> {
+  const read = (what: string, path: string): string => {
+    try {
+      return readFileSync(path, "utf8");
+    } catch (err) {
+      throw new StorageError(`nats storage: cannot read the ${what} ${path}: ${(err as Error).message}`, { cause: err });
+    }
+  };
+  const options: Partial<ConnectionOptions> = {};
+  const tls = security.tls;
+  if (tls !== undefined) {
+    options.tls = {
+      ...(tls.ca === undefined ? {} : { ca: read("TLS CA file", tls.ca) }),
+      ...(tls.cert === undefined ? {} : { cert: read("TLS client certificate", tls.cert) }),
+      ...(tls.key === undefined ? {} : { key: read("TLS client key", tls.key) }),
+    };
+  }
+  if (security.user !== undefined) {
+    options.user = security.user;
+    options.pass = security.password;
+  }
+  if (security.token !== undefined) options.token = security.token;
+  if (security.credentials !== undefined) {
+    options.authenticator = credsAuthenticator(new TextEncoder().encode(read("credentials file", security.credentials)));
+  }
+  return options;
 }
 
 /** The `meta` key of the local store that holds the WAL sequence it has applied; never in a snapshot nor in `range`. */
@@ -167,7 +207,7 @@ export async function createNatsShardStorage(options: NatsShardStorageOptions): 
     }
     const servers = typeof options.servers === "string" ? options.servers : [...options.servers];
     try {
-      nc = await connectToNats(servers);
+      nc = await connectToNats(servers, options.security);
     } catch (err) {
       throw storageError(`nats storage: cannot connect to ${String(servers)}`, err);
     }
