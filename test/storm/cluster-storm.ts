@@ -150,7 +150,7 @@ export async function runClusterStorm(options: ClusterStormOptions): Promise<Ban
       `${done.node} node SIGKILLs, ${done.nats} nats-server SIGKILLs, ${done.pause} SIGSTOPs, ` +
       `${load.acknowledged.length} transfers acknowledged, ${load.retries} retries (${JSON.stringify(load.retriedCodes)}), ` +
       `${load.refused.length} refused (${summarize(load.refused)}), ${load.abandoned.length} abandoned, ${load.nonRetryable.length} non-retryable answers, ` +
-      `${nodes.reduce((n, node) => n + (node.log().match(/asking the stream's leader to step down/g) ?? []).length, 0)} inputs stream stepdowns for an unlisted consumer, ` +
+      `${nodes.reduce((n, node) => n + (node.log().match(/keeps refusing a consumer of [^ ]* for one it no longer lists/g) ?? []).length, 0)} sweeps for a consumer the inputs stream no longer lists (${nodes.reduce((n, node) => n + (node.log().match(/made and deleted consumer/g) ?? []).length, 0)} cleared), ` +
       `total balance ${balanceTotal} of ${accounts * initial}: ${failures.length === 0 ? "ok" : `${failures.length} checks FAILED`}`;
     process.stdout.write(`${summary}\n`);
     if (failures.length > 0) {

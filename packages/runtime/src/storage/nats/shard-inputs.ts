@@ -64,6 +64,7 @@ import {
   jetstreamManager,
   RetentionPolicy,
 } from "@nats-io/jetstream";
+import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "@shoal/sdk";
 import { type Envelope, EnvelopeSchema, OutboxSourceSchema } from "@shoal/sdk/internal";
@@ -151,6 +152,26 @@ export function createShardInputs(options: ShardInputsOptions): ShardInputs {
     return manager;
   };
   let stream: Promise<void> | undefined;
+  let consumerNamesBucket: Promise<KV> | undefined;
+
+  /**
+   * The names of the consumers the nodes made on the inputs stream, by
+   * shard, kept an hour: what `clearUnlistedConsumers` tries when the stream
+   * refuses a consumer for one it no longer lists.
+   */
+  function consumerRecord(): Promise<KV> {
+    consumerNamesBucket ??= retryPlacement(() =>
+      new Kvm(jetstream(nc)).create(`${prefix}-inputs-consumers`, {
+        history: 1,
+        ttl: 3_600_000,
+        replicas: options.replicas ?? (nc.info?.cluster === undefined ? 1 : 3),
+      }),
+    );
+    consumerNamesBucket.catch(() => {
+      consumerNamesBucket = undefined;
+    });
+    return consumerNamesBucket;
+  }
 
   function ensureStream(): Promise<void> {
     stream ??= (async () => {
@@ -205,6 +226,7 @@ export function createShardInputs(options: ShardInputsOptions): ShardInputs {
         shard,
         submit,
         ensureStream,
+        consumerRecord,
         nc,
         jsm,
         js,
@@ -223,6 +245,7 @@ interface ConsumerOptions {
   readonly shard: number;
   readonly submit: (envelope: Envelope) => Promise<void>;
   readonly ensureStream: () => Promise<void>;
+  readonly consumerRecord: () => Promise<KV>;
   readonly nc: NatsConnection;
   readonly jsm: () => Promise<JetStreamManager>;
   readonly js: ReturnType<typeof jetstream>;
@@ -283,6 +306,7 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
       });
     }
     const name = `${o.durable}-${randomBytes(6).toString("hex")}`;
+    await recordName(name);
     await addConsumer(m, name);
     await leadFromCurrentReplica(m, name);
     current = { name, order: createDeliveryOrder() };
@@ -431,26 +455,56 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
     }
   }
 
+  /** Keeps the name of a consumer about to be made, for `clearUnlistedConsumers`; a failure only costs that. */
+  async function recordName(name: string): Promise<void> {
+    try {
+      await (await o.consumerRecord()).put(`${o.shard}.${name}`, "");
+    } catch (err) {
+      o.logger.warn(`shard ${o.shard}: recording the name of consumer ${name} failed`, { error: String(err) });
+    }
+  }
+
   /**
    * The stream refused this shard's consumer for another that takes its
    * subject, several times in a row, although every consumer of this shard
-   * was deleted first and none is left in JetStream's list. A nats-server
-   * 2.9 that was down or behind when a consumer was deleted can keep it in
-   * the stream it leads, and refuse every new consumer of that subject for
-   * as long as it leads (seen in the cluster storm: over a minute). The
-   * stream's next leader has only the consumers JetStream lists.
+   * was deleted first and JetStream lists none for that subject. A
+   * nats-server 2.9 that was down when a consumer was deleted can bring it
+   * back from its disk when it restarts, unknown to JetStream's assignments,
+   * and then refuses every new consumer of that subject (seen in the cluster
+   * storm: for minutes, whoever led the stream). Deleting it by name finds
+   * nothing, but making a consumer of the same name adopts it on that server
+   * (a durable that exists is updated, before the work-queue check), and
+   * deleting that one then deletes it everywhere. Its name is one of those
+   * the nodes recorded when they made this shard's consumers.
    */
-  async function moveStreamLead(): Promise<void> {
+  async function clearUnlistedConsumers(): Promise<void> {
     const m = await o.jsm();
     for await (const consumer of m.consumers.list(o.streamName)) {
       // A consumer that is there (one not made by Shoal) is no ghost: the refusal says so already.
       if (consumer.config.filter_subject === o.subject) return;
     }
+    const listed = new Set(await consumerNames(o.nc, o.streamName, o.ackTimeoutMs));
+    const record = await o.consumerRecord();
+    const recorded: string[] = [];
+    for await (const key of await record.keys(`${o.shard}.*`)) recorded.push(key.slice(String(o.shard).length + 1));
+    const candidates = recorded.filter((name) => !listed.has(name)).slice(-64);
     o.logger.warn(
-      `shard ${o.shard}: stream ${o.streamName} keeps refusing a consumer of ${o.subject} for one it no longer lists; asking the stream's leader to step down`,
+      `shard ${o.shard}: stream ${o.streamName} keeps refusing a consumer of ${o.subject} for one it no longer lists; making and deleting each of the ${candidates.length} consumers this shard had, to clear it`,
       { stream: o.streamName },
     );
-    await o.nc.request(`$JS.API.STREAM.LEADER.STEPDOWN.${o.streamName}`, "", { timeout: o.ackTimeoutMs });
+    for (const name of candidates) {
+      try {
+        await addConsumer(m, name);
+      } catch {
+        // Not that one: a server still refuses it for the other.
+        continue;
+      }
+      await m.consumers.delete(o.streamName, name).catch(() => {});
+      await record.delete(`${o.shard}.${name}`).catch(() => {});
+      o.logger.warn(`shard ${o.shard}: made and deleted consumer ${name} of stream ${o.streamName}, which a nats-server had kept`, {
+        stream: o.streamName,
+      });
+    }
   }
 
   function isNotUnique(err: unknown): boolean {
@@ -503,8 +557,10 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
         refusedInARow = isNotUnique(err) ? refusedInARow + 1 : 0;
         if (refusedInARow >= ghostClaimAfter) {
           refusedInARow = 0;
-          await moveStreamLead().catch((stepdown: unknown) =>
-            o.logger.warn(`shard ${o.shard}: asking stream ${o.streamName}'s leader to step down failed`, { error: String(stepdown) }),
+          await clearUnlistedConsumers().catch((sweep: unknown) =>
+            o.logger.warn(`shard ${o.shard}: clearing consumers of ${o.subject} that stream ${o.streamName} no longer lists failed`, {
+              error: String(sweep),
+            }),
           );
         }
         // The shard refusing (recovering, moved) is expected for a moment; say so once it lasts.
@@ -609,7 +665,7 @@ function inputMessageId(envelope: Envelope): string {
 /** JetStream's error code for a second consumer of a subject on a work-queue stream. */
 const workQueueConsumerNotUnique = 10100;
 
-/** Refusals in a row for another consumer of the subject after which the stream's leader is asked to step down (see `moveStreamLead`). */
+/** Refusals in a row for another consumer of the subject after which the consumers it may be are cleared (see `clearUnlistedConsumers`). */
 const ghostClaimAfter = 3;
 
 /**
