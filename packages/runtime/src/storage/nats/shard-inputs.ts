@@ -504,6 +504,8 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
       o.logger.warn(`shard ${o.shard}: made and deleted consumer ${name} of stream ${o.streamName}, which a nats-server had kept`, {
         stream: o.streamName,
       });
+      // Made on every server of the stream, so none holds another consumer of the subject now: the next session says.
+      return;
     }
   }
 
