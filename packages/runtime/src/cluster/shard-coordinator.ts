@@ -13,7 +13,7 @@
  * same targets from the same membership. A node under its target takes
  * shards whose lease is free or expired (`shard-lease.ts`) and opens them
  * (`NodeRuntime.acquireShard`, which fences the shard's WAL); a node over its
- * target for as long as a lease lasts gives its extra shards up gracefully: first the shard
+ * target for as long as a lease lasts (5 s at most) gives its extra shards up gracefully: first the shard
  * (`releaseShard`: its waiting requests are answered Unavailable and retried
  * elsewhere), then the lease, so the next owner takes it at once.
  *
@@ -76,6 +76,9 @@ export interface ShardCoordinator {
   /** Releases every shard and lease this node holds and leaves the membership, so other nodes take over at once. */
   stop(): Promise<void>;
 }
+
+/** The longest a node over its share waits before it gives the extra shards up. */
+const overShareWaitMaxMs = 5_000;
 
 /** Shards taken at once in one round: the lease bucket is one stream, and concurrent writers to it retry. */
 const takeAtOnce = 4;
@@ -233,10 +236,11 @@ export async function startShardCoordinator(options: ShardCoordinatorOptions): P
     if (held.size > share && liveNodes().length > 1) {
       // Giving a shard up only evens the load, and moving it costs its
       // requests a retry and the next owner a restore: wait until the
-      // membership has said the same for a lease's length, so that a record
-      // late for a moment (a nats-server restarting) moves nothing twice.
+      // membership has said the same for a lease's length (5 s at most, for
+      // a node that joins), so that a record late for a moment (a
+      // nats-server restarting) moves nothing twice.
       overShareSinceMs ??= now();
-      if (now() - overShareSinceMs >= leaseMs) {
+      if (now() - overShareSinceMs >= Math.min(leaseMs, overShareWaitMaxMs)) {
         const extras = [...held.keys()].sort((a, b) => b - a).slice(0, held.size - share);
         for (const shard of extras) if (!stopped) await giveUp(shard, `this node holds more than its share of ${share}`);
       }
