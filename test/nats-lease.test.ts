@@ -48,7 +48,23 @@ describe("shard leases on a 3-node nats-server cluster (R3)", { timeout: 120_000
   }
   beforeAll(async () => {
     cluster = await startNatsCluster({ size: 3 });
-  });
+    // The bucket made before the tests, asking again with short timeouts: right after a cluster starts, a
+    // request to create a replicated stream can go unanswered (a clean-clone run waited 60 s for one answer).
+    const nc = await connect({ servers: cluster.servers[0]?.url });
+    try {
+      const deadline = Date.now() + 150_000;
+      for (;;) {
+        try {
+          await createShardLeases({ connection: nc, owner: "setup", timeoutMs: 5_000 });
+          break;
+        } catch (err) {
+          if (Date.now() > deadline) throw err;
+        }
+      }
+    } finally {
+      await nc.close();
+    }
+  }, 180_000);
   afterAll(async () => {
     for (const nc of connections) await nc.close();
     await cluster?.close();
