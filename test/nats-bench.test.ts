@@ -14,7 +14,10 @@ it("the cluster kinds serve load, keep every acknowledged add across kill -9 of 
   const child = start(process.execPath, [`${repoRoot}bench/dist/run.js`], {
     env: { BENCH_KINDS: kinds.join(","), BENCH_ROWS: "2x20", BENCH_SECONDS: "1", BENCH_WARMUP_SECONDS: "0.5" },
   });
+  // Stopped (SIGINT: it kills the servers it started) before the test's own timeout, so that a run that hangs shows what it printed.
+  const stop = setTimeout(() => child.process.kill("SIGINT"), 170_000);
   const code = await child.exited;
+  clearTimeout(stop);
   expect(code, `${child.stdout()}\n${child.stderr()}`).toBe(0);
   const report = child.stdout();
   for (const kind of kinds) {

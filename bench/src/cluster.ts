@@ -188,7 +188,13 @@ async function balanced(kind: ClusterKind, urls: readonly string[]): Promise<voi
 
 /** How many shards a node has open, from its `shoal.v1.Admin/Status` (what `shoal status` shows). */
 async function openShards(url: string): Promise<number> {
-  const res = await fetch(`${url}/shoal.v1.Admin/Status`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+  const res = await fetch(`${url}/shoal.v1.Admin/Status`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: "{}",
+    // A node that does not answer counts as none open, and the wait for balance goes on to its deadline.
+    signal: AbortSignal.timeout(10_000),
+  });
   if (!res.ok) throw new Error(`${url}: Status answered HTTP ${res.status}`);
   const status = (await res.json()) as { shardStatus?: unknown[] };
   return status.shardStatus?.length ?? 0;
