@@ -318,43 +318,51 @@ export interface NatsSecurity {
   readonly credentials?: string;
 }
 
+/**
+ * A `tls` mapping of PEM files, `ca`, `cert` and `key`, relative to the
+ * config file's folder; `cert` and `key` go together (`pair` says what they are).
+ */
+function tlsFiles(
+  raw: unknown,
+  path: string,
+  baseDir: string,
+  pair: string,
+): { readonly ca: string | undefined; readonly cert: string | undefined; readonly key: string | undefined } | undefined {
+  if (raw === undefined || raw === null) return undefined;
+  const tls = object(raw, path);
+  onlyKeys(tls, path, ["ca", "cert", "key"]);
+  const file = (key: string) => (tls[key] === undefined ? undefined : resolve(baseDir, string(tls, key, `${path}.`, "")));
+  const files = { ca: file("ca"), cert: file("cert"), key: file("key") };
+  if ((files.cert === undefined) !== (files.key === undefined)) throw new ConfigError(`${path}: cert and key go together (${pair})`);
+  return files;
+}
+
+/** A secret given in the config (`key`) or in the environment variable `envKey` names; at most one of the two. */
+function secret(obj: Obj, path: string, key: string, envKey: string, env: NodeJS.ProcessEnv, what: string): string | undefined {
+  if (obj[key] !== undefined && obj[envKey] !== undefined) throw new ConfigError(`${path}: expected at most one of ${key} and ${envKey}`);
+  if (obj[envKey] === undefined) return obj[key] === undefined ? undefined : string(obj, key, `${path}.`, "");
+  const variable = string(obj, envKey, `${path}.`, "");
+  const value = env[variable];
+  if (value === undefined || value === "") {
+    throw new ConfigError(`${path}.${envKey}: the environment variable ${variable} is not set (it holds ${what})`);
+  }
+  return value;
+}
+
 const natsSecurityKeys = ["tls", "user", "password", "passwordEnv", "token", "tokenEnv", "credentials"];
 
 /** `storage.tls` (files relative to the config file), and at most one way to authenticate; secrets may come from the environment. */
 function natsSecurity(storage: Record<string, unknown>, baseDir: string, env: NodeJS.ProcessEnv): NatsSecurity {
-  const secret = (key: string, envKey: string): string | undefined => {
-    if (storage[key] !== undefined && storage[envKey] !== undefined) {
-      throw new ConfigError(`storage: expected at most one of ${key} and ${envKey}`);
-    }
-    if (storage[envKey] === undefined) return storage[key] === undefined ? undefined : string(storage, key, "storage.", "");
-    const variable = string(storage, envKey, "storage.", "");
-    const value = env[variable];
-    if (value === undefined || value === "") {
-      throw new ConfigError(`storage.${envKey}: the environment variable ${variable} is not set (it holds the NATS ${key})`);
-    }
-    return value;
-  };
   const user = storage.user === undefined ? undefined : string(storage, "user", "storage.", "");
-  const password = secret("password", "passwordEnv");
-  const token = secret("token", "tokenEnv");
+  const password = secret(storage, "storage", "password", "passwordEnv", env, "the NATS password");
+  const token = secret(storage, "storage", "token", "tokenEnv", env, "the NATS token");
   const credentials = storage.credentials === undefined ? undefined : resolve(baseDir, string(storage, "credentials", "storage.", ""));
   if ((user === undefined) !== (password === undefined)) {
     throw new ConfigError("storage: user and password (or passwordEnv) go together");
   }
   const ways = [user, token, credentials].filter((way) => way !== undefined).length;
   if (ways > 1) throw new ConfigError("storage: expected at most one of user/password, token and credentials to authenticate to NATS");
-  const tlsRaw = storage.tls === undefined || storage.tls === null ? undefined : object(storage.tls, "storage.tls");
-  let tls: NatsSecurity["tls"];
-  if (tlsRaw !== undefined) {
-    onlyKeys(tlsRaw, "storage.tls", ["ca", "cert", "key"]);
-    const file = (key: string) => (tlsRaw[key] === undefined ? undefined : resolve(baseDir, string(tlsRaw, key, "storage.tls.", "")));
-    tls = { ca: file("ca"), cert: file("cert"), key: file("key") };
-    if ((tls.cert === undefined) !== (tls.key === undefined)) {
-      throw new ConfigError(
-        "storage.tls: cert and key go together (the client certificate and its private key, for servers that verify clients)",
-      );
-    }
-  }
+  const tls = tlsFiles(storage.tls, "storage.tls", baseDir, "the client certificate and its private key, for servers that verify clients");
   return {
     ...(tls === undefined ? {} : { tls }),
     ...(user === undefined ? {} : { user, password }),
@@ -410,30 +418,9 @@ function remoteEndpoints(raw: unknown, baseDir: string, env: NodeJS.ProcessEnv):
     }
     const retry = object(entry.retry, `${path}.retry`);
     onlyKeys(retry, `${path}.retry`, ["maxAttempts", "initialDelayMs", "maxDelayMs"]);
-    const tlsRaw = entry.tls === undefined || entry.tls === null ? undefined : object(entry.tls, `${path}.tls`);
-    let tls: RemoteEndpointConfig["tls"];
-    if (tlsRaw !== undefined) {
-      onlyKeys(tlsRaw, `${path}.tls`, ["ca", "cert", "key"]);
-      const file = (key: string) => (tlsRaw[key] === undefined ? undefined : resolve(baseDir, string(tlsRaw, key, `${path}.tls.`, "")));
-      tls = { ca: file("ca"), cert: file("cert"), key: file("key") };
-      if ((tls.cert === undefined) !== (tls.key === undefined)) {
-        throw new ConfigError(`${path}.tls: cert and key go together (the client certificate and its private key, for mTLS)`);
-      }
-      if (parsed.protocol !== "https:") throw new ConfigError(`${path}.tls: needs an https:// url, got "${url}"`);
-    }
-    if (entry.bearerToken !== undefined && entry.bearerTokenEnv !== undefined) {
-      throw new ConfigError(`${path}: expected at most one of bearerToken and bearerTokenEnv`);
-    }
-    let bearerToken = entry.bearerToken === undefined ? undefined : string(entry, "bearerToken", `${path}.`, "");
-    if (entry.bearerTokenEnv !== undefined) {
-      const variable = string(entry, "bearerTokenEnv", `${path}.`, "");
-      bearerToken = env[variable];
-      if (bearerToken === undefined || bearerToken === "") {
-        throw new ConfigError(
-          `${path}.bearerTokenEnv: the environment variable ${variable} is not set (it holds the endpoint's bearer token)`,
-        );
-      }
-    }
+    const tls = tlsFiles(entry.tls, `${path}.tls`, baseDir, "the client certificate and its private key, for mTLS");
+    if (tls !== undefined && parsed.protocol !== "https:") throw new ConfigError(`${path}.tls: needs an https:// url, got "${url}"`);
+    const bearerToken = secret(entry, path, "bearerToken", "bearerTokenEnv", env, "the endpoint's bearer token");
     const d = defaults.remote;
     return {
       path,
