@@ -374,7 +374,7 @@ function openLocked(directory: string, settings: Settings, hooks: LocalShardStor
       pending = [];
       markFailed(ops);
       const previous = lastGroup;
-      lastGroup = previous.then(() => settle(ops, noSpace));
+      lastGroup = previous.then(() => settle(ops, noSpace, false));
       nextGroup();
       return Promise.resolve();
     }
@@ -445,8 +445,9 @@ function openLocked(directory: string, settings: Settings, hooks: LocalShardStor
     if (pending.length > 0) startGroup();
   }
 
-  function settle(ops: readonly Op[], error: StorageError | undefined): void {
-    lastFailed = error !== undefined;
+  /** Settles a group's ops in order; `byLmdb`: whether LMDB ran its transaction (then a failure is LMDB's, and close must not wait for it). */
+  function settle(ops: readonly Op[], error: StorageError | undefined, byLmdb = true): void {
+    if (byLmdb) lastFailed = error !== undefined;
     if (error === undefined) {
       counters.groups += 1;
       for (const op of ops) {
