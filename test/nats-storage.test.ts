@@ -325,13 +325,15 @@ describe("the nats shard storage on a 3-node nats-server cluster (R3)", () => {
       const stream = `${prefix}-wal-2`;
       const acknowledged = new Set<string>();
       let failures = 0;
+      // Writes and reopenings that failed while the quorum was lost.
+      let failuresWithoutQuorum = 0;
       let failed!: () => void;
       const failure = new Promise<void>((resolve) => {
         failed = resolve;
       });
       // At 100 acknowledged writes the stream's leader dies; at 200 the next leader too, so the
-      // one server left has no quorum until both come back after a write failed.
-      const outage = { first: "", second: "", done: Promise.resolve(), error: undefined as unknown };
+      // one server left has no quorum until both come back.
+      const outage = { first: "", second: "", over: false, done: Promise.resolve(), error: undefined as unknown };
       const killLeader = async () => {
         outage.first = await streamLeader(cluster, nc, stream);
         await cluster.server(outage.first).kill();
@@ -342,17 +344,24 @@ describe("the nats shard storage on a 3-node nats-server cluster (R3)", () => {
         // ran this test into its timeout on CI).
         outage.second = await streamLeader(cluster, nc, stream, outage.first, { followersCurrent: false });
         await cluster.server(outage.second).kill();
-        await failure;
+        // Until something failed for want of the quorum, or for long enough that whatever was in flight failed. Not
+        // until a write failed: every writer may be waiting for a reopening that began before the kill and cannot end
+        // without the quorum (the servers then never came back, and the test ran into its deadline).
+        await Promise.race([failure, new Promise((resolve) => setTimeout(resolve, 3 * 4_000))]);
         await cluster.server(outage.first).restart();
         await cluster.server(outage.second).restart();
+        outage.over = true;
       };
-      let felt = false;
+      const withoutQuorum = () => {
+        if (outage.second !== "" && !outage.over) {
+          failuresWithoutQuorum++;
+          failed();
+        }
+      };
       let reopening: Promise<void> | undefined;
       const reopen = () => {
         reopening ??= (async () => {
           // Bounded, so that a shard that can never be opened again fails the test with its reason instead of its timeout.
-          // Long: after the quorum came back, nats-server 2.9 answered "JetStream system temporarily unavailable" for
-          // over 90 s in a clean-clone run.
           const deadline = Date.now() + 180_000;
           for (;;) {
             try {
@@ -360,6 +369,7 @@ describe("the nats shard storage on a 3-node nats-server cluster (R3)", () => {
               return;
             } catch (err) {
               // No leader or no quorum yet.
+              withoutQuorum();
               if (Date.now() > deadline) {
                 outage.error ??= new Error(`shard 2 could not be opened again for 180 s: ${(err as Error).message}`);
                 return;
@@ -374,8 +384,8 @@ describe("the nats shard storage on a 3-node nats-server cluster (R3)", () => {
       };
       // 6 writers; the shard is opened again (a new epoch) when its handle broke, as a shard would.
       const writer = async (w: number) => {
-        // Writing goes on until the quorum loss has failed a write, so that writes are always in flight then.
-        for (let n = 0; (acknowledged.size < 400 || !felt) && outage.error === undefined; n++) {
+        // Writing goes on until the servers are back, so that writes are in flight throughout the outage.
+        for (let n = 0; (acknowledged.size < 400 || !outage.over) && outage.error === undefined; n++) {
           const key = `w${w}/${n}`;
           const current = store;
           try {
@@ -390,18 +400,13 @@ describe("the nats shard storage on a 3-node nats-server cluster (R3)", () => {
           } catch (err) {
             expect(err).toBeInstanceOf(StorageError);
             failures++;
-            if (outage.second !== "") {
-              felt = true;
-              failed();
-            }
+            withoutQuorum();
             if (store === current) await reopen();
             else await reopening;
           }
         }
       };
       await Promise.all(Array.from({ length: 6 }, (_, w) => writer(w)));
-      // Should no write have failed during the outage (acknowledged without the quorum), the servers come back all the same.
-      failed();
       await outage.done;
       if (outage.error !== undefined) throw outage.error;
       expect(outage.second).not.toBe("");
@@ -416,8 +421,10 @@ describe("the nats shard storage on a 3-node nats-server cluster (R3)", () => {
         const taken = await b.openShard(2, "node-b");
         const missing = [...acknowledged].filter((key) => taken.get("instance", key) === undefined);
         expect(missing).toEqual([]);
-        // The outage was felt: appends in flight without a quorum failed, and were not acknowledged.
+        // The outage was felt: appends in flight failed (a write, or a reopening's fence while the quorum was lost), and
+        // none of them was acknowledged.
         expect(failures).toBeGreaterThan(0);
+        expect(failuresWithoutQuorum).toBeGreaterThan(0);
       } finally {
         await b.close();
       }
