@@ -131,6 +131,10 @@ describe("routing between nodes over NATS", () => {
       receive: () => Promise.reject(refusals.shift()),
       receiveReply: () => {},
       heldCall: () => undefined,
+      // No invocation runs here: nothing awaits, no cycle to break, no call to take back.
+      waitsOf: () => [],
+      breakCycle: async () => false,
+      withdrawCall: async () => false,
     });
     cleanups.push(async () => detach());
     await expect(transport.send("refusing", envelope, "deliver")).rejects.toThrow(

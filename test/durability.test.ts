@@ -4,10 +4,11 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createRegistry, fromBinary, type Message } from "@bufbuild/protobuf";
+import { createRegistry, type DescMessage, fromBinary, type Message } from "@bufbuild/protobuf";
+import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
 import { createLocalStorage, createManualClock, createRuntime, type Egress, type ManualClock, type Runtime } from "@shoal/runtime";
-import { createFunctionClient, type Implementation, implement } from "@shoal/sdk";
+import { createFunctionClient, type FunctionClient, type FunctionType, type Implementation, implement } from "@shoal/sdk";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { account } from "../examples/bank/src/account.js";
 import { AccountFunction } from "../examples/bank/src/gen/bank/v1/account_shoal.js";
@@ -57,7 +58,11 @@ async function boot(functions: readonly Implementation[], options: { instanceCac
   await runtime.start();
   running = runtime;
   const transport = createRouterTransport(runtime.routes);
-  return { runtime, client: <F extends Parameters<typeof createFunctionClient>[0]>(fn: F) => createFunctionClient(fn, transport) };
+  return {
+    runtime,
+    client: <Svc extends GenService<GenServiceMethods>>(fn: FunctionType<Svc, DescMessage | undefined, unknown>): FunctionClient<Svc> =>
+      createFunctionClient(fn, transport),
+  };
 }
 
 async function stop() {
@@ -105,10 +110,10 @@ describe("idempotency keys", () => {
     await node.client(AccountFunction).deposit({ account: "a", amount: 5n }, { idempotencyKey: "d1" });
     await stop();
     node = await boot([implement(AccountFunction, account)]);
-    const err = await node
+    const err = (await node
       .client(AccountFunction)
       .deposit({ account: "a", amount: 7n }, { idempotencyKey: "d1" })
-      .catch((e) => ConnectError.from(e));
+      .catch((e) => ConnectError.from(e))) as ConnectError;
     expect(err.code).toBe(Code.InvalidArgument);
     expect(err.rawMessage).toBe('idempotency key "d1" was used before with a different request to bank.v1.Account.Deposit');
     expect(node.runtime.stateOf(AccountFunction, "a")?.balance).toBe(5n);

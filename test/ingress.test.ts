@@ -72,25 +72,25 @@ describe.each(Object.entries(transports))("%s", (name, makeTransport) => {
   });
 
   it("answers InvalidArgument naming the key field when the key is empty", async () => {
-    const err = await createGreeterClient(makeTransport())
+    const err = (await createGreeterClient(makeTransport())
       .greet({ name: "" })
-      .catch((e) => ConnectError.from(e));
+      .catch((e) => ConnectError.from(e))) as ConnectError;
     expect(err.code).toBe(Code.InvalidArgument);
     expect(err.rawMessage).toContain("greeter.v1.GreetRequest.name");
   });
 
   it("returns a ShoalError's code and message", async () => {
-    const err = await createGreeterClient(makeTransport())
+    const err = (await createGreeterClient(makeTransport())
       .greet({ name: "refuse" })
-      .catch((e) => ConnectError.from(e));
+      .catch((e) => ConnectError.from(e))) as ConnectError;
     expect(err.code).toBe(Code.PermissionDenied);
     expect(err.rawMessage).toBe("not greeting refuse");
   });
 
   it("refuses a body over the size limit with ResourceExhausted", async () => {
-    const err = await createGreeterClient(makeTransport())
+    const err = (await createGreeterClient(makeTransport())
       .greet({ name: "x".repeat(5000) })
-      .catch((e) => ConnectError.from(e));
+      .catch((e) => ConnectError.from(e))) as ConnectError;
     expect(err.code).toBe(Code.ResourceExhausted);
     // The limit as the user sets it, not connect-es's option name.
     expect(err.rawMessage).toMatch(/is larger than maxRequestBytes \(1024 bytes\); .*ingress\.maxRequestBytes in shoal\.yaml/);
@@ -100,9 +100,9 @@ describe.each(Object.entries(transports))("%s", (name, makeTransport) => {
 
 it("retries a handler that throws, then answers Internal naming the handler", async () => {
   attempts = 0;
-  const err = await createGreeterClient(transports["connect over HTTP/1.1"]!())
+  const err = (await createGreeterClient(transports["connect over HTTP/1.1"]!())
     .greet({ name: "crash" })
-    .catch((e) => ConnectError.from(e));
+    .catch((e) => ConnectError.from(e))) as ConnectError;
   expect(err.code).toBe(Code.Internal);
   expect(err.rawMessage).toBe("greeter.v1.Greeter.Greet failed after 3 attempts: the greeter tripped");
   expect(attempts).toBe(3);
@@ -111,8 +111,12 @@ it("retries a handler that throws, then answers Internal naming the handler", as
 });
 
 describe("raw HTTP", () => {
-  const post = (path: string, body: BodyInit, contentType = "application/json", headers: Record<string, string> = {}) =>
-    fetch(`${server.url}${path}`, { method: "POST", headers: { "content-type": contentType, ...headers }, body });
+  const post = (
+    path: string,
+    body: NonNullable<RequestInit["body"]>,
+    contentType = "application/json",
+    headers: Record<string, string> = {},
+  ) => fetch(`${server.url}${path}`, { method: "POST", headers: { "content-type": contentType, ...headers }, body });
 
   it("serves Connect JSON as curl sends it", async () => {
     const res = await post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "curl" }));

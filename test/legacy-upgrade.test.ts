@@ -226,7 +226,7 @@ describe("upgrade of an old data directory", () => {
     const segment = join(dir, "wal-00000000000000000001.log");
     const bytes = readFileSync(segment);
     // A byte in the middle of the log: not a torn write at its end.
-    bytes[Math.floor(bytes.length / 2)] ^= 0xff;
+    bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
     writeFileSync(segment, bytes);
     const storage = createMemoryStorage();
     const upgrade = upgradeLegacyDirectory(dir, storage);

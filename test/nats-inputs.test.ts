@@ -7,7 +7,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { AckPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { type Envelope, EnvelopeSchema, requestId } from "@shoal/sdk/internal";
@@ -28,8 +28,11 @@ import { type Child, repoRoot, start } from "./support/processes.js";
 /** Generous: the machine running the tests may be busy. */
 const ackTimeoutMs = 15_000;
 
+/** Envelope fields as `create` takes them: plain objects, not a message. */
+type EnvelopeFields = Exclude<MessageInitShape<typeof EnvelopeSchema>, Envelope>;
+
 /** A one-way deposit of 1 to `account`, its transfer id the envelope id (so the ledger shows each application). */
-function deposit(account: string, id = requestId(), extra: Partial<Envelope> = {}): Envelope {
+function deposit(account: string, id = requestId(), extra: EnvelopeFields = {}): Envelope {
   return create(EnvelopeSchema, {
     id,
     target: { type: AccountFunction.typeName, key: account },
@@ -234,7 +237,7 @@ describe.each([1, 3] as const)("the inputs stream on %i nats-server(s)", (size) 
     });
     // The session holds maxInFlight (1) unacknowledged inputs, so it does not pull: room for one more, for the thief.
     const info = await jsm.consumers.info(stream.streamName, name as string);
-    await jsm.consumers.update(stream.streamName, name as string, { max_ack_pending: info.config.max_ack_pending + 1 });
+    await jsm.consumers.update(stream.streamName, name as string, { max_ack_pending: info.config.max_ack_pending! + 1 });
     const thief = await jetstream(nc, { timeout: ackTimeoutMs }).consumers.get(stream.streamName, name as string);
     const batch = await thief.fetch({ max_messages: 1, expires: 30_000 });
     const stolen = (async () => {

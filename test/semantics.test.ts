@@ -35,7 +35,9 @@ describe("call cycles", () => {
     try {
       const client = env.client(AccountFunction);
       await client.deposit(deposit("a", 100n));
-      const err = await client.transfer({ account: "a", to: "b", amount: 10n, transferId: "t" }).catch((e) => ConnectError.from(e));
+      const err = (await client
+        .transfer({ account: "a", to: "b", amount: 10n, transferId: "t" })
+        .catch((e) => ConnectError.from(e))) as ConnectError;
       expect(err.code).toBe(Code.FailedPrecondition);
       expect(err.rawMessage).toBe(
         "call cycle: bank.v1.Account/a -> bank.v1.Account/b -> bank.v1.Account/a (the instance is locked awaiting this call)",
@@ -256,9 +258,9 @@ it("fails an invocation that emits to an egress that is not configured, committi
   });
   await runtime.start();
   try {
-    const err = await createFunctionClient(GreeterFunction, createRouterTransport(runtime.routes))
+    const err = (await createFunctionClient(GreeterFunction, createRouterTransport(runtime.routes))
       .greet({ name: "e" })
-      .catch((e) => ConnectError.from(e));
+      .catch((e) => ConnectError.from(e))) as ConnectError;
     expect(err.code).toBe(Code.FailedPrecondition);
     expect(err.rawMessage).toBe('greeter.v1.Greeter.Greet: no egress named "nowhere" is configured (shoal.yaml egress)');
     expect(runtime.stateOf(GreeterFunction, "e")).toBeUndefined();

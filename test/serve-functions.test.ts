@@ -13,6 +13,7 @@ import {
   type InvokeRequest,
   invokeRequestToProto,
   invokeResponseFromProto,
+  type MessageOutcome,
   okReply,
   requestHash,
 } from "@shoal/sdk/internal";
@@ -159,7 +160,7 @@ describe("the examples' serve-functions", () => {
     const local = await embedded.invoke(request);
     expect(remote.outcomes.map((o) => o.status)).toEqual(["done", "done", "suspended"]);
     // `output` is the in-process reply object, which only the embedded invoker gives.
-    expect(remote).toEqual({ ...local, outcomes: local.outcomes.map(({ output: _, ...o }: { output?: unknown }) => o) });
+    expect(remote).toEqual({ ...local, outcomes: local.outcomes.map(({ output: _, ...o }: MessageOutcome & { output?: unknown }) => o) });
   });
 
   it("is the examples' npm script, which exits 1 with a clear message on a port that is not a number", async () => {

@@ -121,7 +121,7 @@ async function seedSources(cluster: Cluster) {
   for (const [i, name] of sources.entries()) {
     await untilAnswered(
       `seed ${name}`,
-      () => cluster.clients[i % 2].deposit({ account: name, amount: seed }, { idempotencyKey: `seed-${name}` }),
+      () => cluster.clients[i % 2]!.deposit({ account: name, amount: seed }, { idempotencyKey: `seed-${name}` }),
       1,
     );
   }
@@ -132,7 +132,7 @@ async function checkBooks(cluster: Cluster, acknowledged: ReadonlyMap<string, { 
   let total = 0n;
   const entries = new Map<string, bigint[]>();
   for (const [i, name] of [...sources, ...sinks].entries()) {
-    const view = await untilAnswered(`get ${name}`, () => cluster.clients[i % 2].get({ account: name }));
+    const view = await untilAnswered(`get ${name}`, () => cluster.clients[i % 2]!.get({ account: name }));
     total += view.balance;
     let sum = 0n;
     for (const entry of view.ledger) {
@@ -156,14 +156,14 @@ async function checkBooks(cluster: Cluster, acknowledged: ReadonlyMap<string, { 
 async function runTransfers(cluster: Cluster, worker: number, keepGoing: (n: number) => boolean, attempts?: number) {
   const done = new Map<string, { from: string; to: string; amount: bigint }>();
   for (let n = 0; keepGoing(n); n++) {
-    const from = sources[(worker + n) % sources.length];
-    const to = sinks[(worker * 3 + n * 5) % sinks.length];
+    const from = sources[(worker + n) % sources.length]!;
+    const to = sinks[(worker * 3 + n * 5) % sinks.length]!;
     const transferId = `w${worker}-t${n}`;
     const amount = BigInt(1 + ((worker + n) % 7));
     let attempt = 0;
     const reply = await untilAnswered(
       transferId,
-      () => cluster.clients[(worker + attempt++) % 2].transfer({ account: from, to, amount, transferId }, { idempotencyKey: transferId }),
+      () => cluster.clients[(worker + attempt++) % 2]!.transfer({ account: from, to, amount, transferId }, { idempotencyKey: transferId }),
       attempts,
     );
     expect(reply.transferId).toBe(transferId);
@@ -201,9 +201,9 @@ describe("two nodes in one process", () => {
     expect(cluster.directory.ownerOf(2)).toBe("node-a");
     // b opens shard 2 while a still serves it: a's log handle is fenced.
     await b.acquireShard(2);
-    const refused = await cluster.clients[0]
-      .deposit({ account: name, amount: 5n }, { idempotencyKey: "d1" })
-      .catch((e: unknown) => errorOf(e));
+    const refused = await cluster.clients[0]!.deposit({ account: name, amount: 5n }, { idempotencyKey: "d1" }).catch((e: unknown) =>
+      errorOf(e),
+    );
     expect(refused).toBeInstanceOf(ConnectError);
     expect((refused as ConnectError).code).toBe(Code.Unavailable);
     expect((refused as ConnectError).rawMessage).toContain("moved to another node");
@@ -212,8 +212,8 @@ describe("two nodes in one process", () => {
     expect(a.status().map((s) => s.shard)).not.toContain(2);
     expect(cluster.directory.ownerOf(2)).toBe("node-b");
     // The retry goes through a to b, and is applied once.
-    expect(await cluster.clients[0].deposit({ account: name, amount: 5n }, { idempotencyKey: "d1" })).toMatchObject({ balance: 5n });
-    expect(await cluster.clients[1].deposit({ account: name, amount: 5n }, { idempotencyKey: "d1" })).toMatchObject({ balance: 5n });
+    expect(await cluster.clients[0]!.deposit({ account: name, amount: 5n }, { idempotencyKey: "d1" })).toMatchObject({ balance: 5n });
+    expect(await cluster.clients[1]!.deposit({ account: name, amount: 5n }, { idempotencyKey: "d1" })).toMatchObject({ balance: 5n });
     expect(b.stateOf(AccountFunction, name)?.balance).toBe(5n);
   });
 

@@ -25,7 +25,7 @@ describe("ShoalError across copies of @shoal/sdk", () => {
     expect(new Error("boom") instanceof ShoalError).toBe(false);
     expect(Object.assign(new Error("boom"), { name: "ShoalError", code: Code.Internal }) instanceof ShoalError).toBe(false);
     expect(new ConnectError("boom", Code.Unavailable) instanceof ShoalError).toBe(false);
-    expect(null instanceof ShoalError).toBe(false);
+    expect((null as unknown) instanceof ShoalError).toBe(false);
     expect(ShoalError.from(new ConnectError("gone", Code.Unavailable)).code).toBe(Code.Unavailable);
   });
 

@@ -43,7 +43,13 @@ async function shardWith(
   let onDelivery: () => void = () => {};
   const errors: string[] = [];
   const logger: Logger = { debug() {}, info() {}, warn() {}, error: (message) => errors.push(message) };
-  const metrics = createRuntimeMetrics({ shardStats: () => [], storageStats: () => undefined });
+  const metrics = createRuntimeMetrics({
+    shardStats: () => [],
+    storageStats: () => undefined,
+    // The memory store has no server connection and no replicated log.
+    connection: () => undefined,
+    appendStats: () => undefined,
+  });
   const storage = createMemoryStorage();
   let processor: ShardProcessor | undefined;
   const host: ShardHost = {

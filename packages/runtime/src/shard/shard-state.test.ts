@@ -1,9 +1,9 @@
 // The shard's view over its store: what a record writes to the tables, what a
 // reopened view reads back, what is read on demand, and that a record that
 // cannot be encoded changes nothing.
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import {
-  type Commit,
+  type CommitSchema,
   type Envelope,
   EnvelopeSchema,
   JournalSchema,
@@ -51,10 +51,12 @@ async function reopen(storage: ShardStorage, cache?: InstanceCache) {
   return { store, state: ShardState.open(store, cache ?? createInstanceCache({ size: 100, idleMs: 60_000, now: Date.now })) };
 }
 
-const envelope = (id: string, fields: Partial<Envelope> = {}) =>
+/** Envelope fields as `create` takes them: plain objects, not a message (whose $typeName would make `create` return the spread as is). */
+type EnvelopeFields = Exclude<MessageInitShape<typeof EnvelopeSchema>, Envelope>;
+const envelope = (id: string, fields: EnvelopeFields = {}) =>
   create(EnvelopeSchema, { id, target: { type: "t.v1.T", key: "k" }, handler: "H", ...fields });
 const input = (e: Envelope): LogRecord => create(LogRecordSchema, { kind: { case: "input", value: { envelope: e } } });
-const commit = (c: Partial<Commit>): LogRecord => create(LogRecordSchema, { kind: { case: "commit", value: c } });
+const commit = (c: MessageInitShape<typeof CommitSchema>): LogRecord => create(LogRecordSchema, { kind: { case: "commit", value: c } });
 const write = (key: string, state: number, expiresAtMs = 0n) => ({
   address: { type: "t.v1.T", key },
   state: new Uint8Array([state]),

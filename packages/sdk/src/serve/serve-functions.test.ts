@@ -4,7 +4,7 @@
 
 import * as http2 from "node:http2";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { type Client, Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
+import { type Client, Code, ConnectError, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { universalClientResponseFromFetch } from "@connectrpc/connect/protocol";
 import { createTransport } from "@connectrpc/connect/protocol-connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -271,7 +271,7 @@ describe("a function endpoint's fetch handler", () => {
     createTransport({
       baseUrl: "https://functions.example",
       async httpClient(req) {
-        const body = new Uint8Array(await new Response(ReadableStream.from(req.body)).arrayBuffer());
+        const body = new Uint8Array(await new Response(ReadableStream.from(req.body!)).arrayBuffer());
         const request = new Request(req.url, { method: req.method, headers: req.header, body, signal: req.signal });
         return universalClientResponseFromFetch(await endpoint.fetch(request));
       },
