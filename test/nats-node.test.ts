@@ -5,6 +5,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { jetstreamManager } from "@nats-io/jetstream";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type NatsCluster, startNatsCluster } from "./support/nats-cluster.js";
 import { type Child, freePort, repoRoot, start } from "./support/processes.js";
@@ -78,6 +79,51 @@ describe("a node on the nats backend", () => {
     });
     second.process.kill("SIGTERM");
     expect(await second.exited).toBe(0);
+  });
+
+  it("keeps two applications with their own storage.prefix apart on one NATS", { timeout: 120_000 }, async () => {
+    const servers = JSON.stringify(nats.urls);
+    // Same host, so the same default nodeId: only the prefix tells the two applications apart.
+    const urls: Record<string, string> = {};
+    const nodes: Child[] = [];
+    for (const prefix of ["orders", "payments"]) {
+      const node = shoalNodeWith(
+        prefix,
+        `{ backend: nats, servers: ${servers}, directory: ${prefix}-store, replicas: 1, prefix: ${prefix} }`,
+        0,
+      );
+      nodes.push(node);
+      const [, url] = await node.waitFor(/^shoal-node: listening at (http:\/\/127\.0\.0\.1:\d+)\n/m, 60_000);
+      urls[prefix] = url as string;
+    }
+    await call(urls.orders as string, "Deposit", { account: "alice", amount: "70", transferId: "t1" }, "orders-t1");
+    await call(urls.payments as string, "Deposit", { account: "alice", amount: "5", transferId: "t1" }, "payments-t1");
+    expect(await call(urls.orders as string, "Get", { account: "alice" })).toEqual({
+      balance: "70",
+      ledger: [{ transferId: "t1", amount: "70" }],
+    });
+    expect(await call(urls.payments as string, "Get", { account: "alice" })).toEqual({
+      balance: "5",
+      ledger: [{ transferId: "t1", amount: "5" }],
+    });
+
+    const nc = await nats.connect();
+    try {
+      const names: string[] = [];
+      for await (const name of (await jetstreamManager(nc)).streams.names()) names.push(name);
+      for (const prefix of ["orders", "payments"]) {
+        expect(names).toContain(`KV_${prefix}-leases`);
+        expect(names).toContain(`KV_${prefix}-nodes`);
+        expect(names).toContain(`${prefix}-inputs`);
+        expect(names.filter((name) => name.startsWith(`${prefix}-wal-`)).length).toBeGreaterThan(0);
+      }
+    } finally {
+      await nc.close();
+    }
+    for (const node of nodes) {
+      node.process.kill("SIGTERM");
+      expect(await node.exited).toBe(0);
+    }
   });
 
   it("exits 1 naming the servers when NATS cannot be reached", { timeout: 60_000 }, async () => {

@@ -85,6 +85,7 @@ async function openStorage(storage: ShoalConfig["storage"], cluster: Cluster | u
           security: storage.security,
           directory: storage.directory,
           replicas: storage.replicas,
+          prefix: storage.prefix,
         });
       } catch (err) {
         throw natsUnreachable(storage.servers, err);
@@ -101,6 +102,8 @@ function natsUnreachable(servers: readonly string[], err: unknown): StorageError
 /** What a node on the `nats` backend runs besides its storage: one NATS connection, its leases, the directory of owners, the transport. */
 interface Cluster {
   readonly connection: NatsConnection;
+  /** `storage.prefix`: the first part of every stream, bucket and subject name. */
+  readonly prefix: string;
   readonly leases: ShardLeases;
   readonly directory: LeaseDirectory;
   readonly transport: NodeTransport;
@@ -117,13 +120,21 @@ async function joinCluster(config: ShoalConfig): Promise<Cluster | undefined> {
     throw natsUnreachable(storage.servers, err);
   }
   try {
-    const leases = await createShardLeases({ connection, owner: cluster.nodeId, ttlMs: cluster.leaseMs, replicas: storage.replicas });
-    const directory = await createLeaseDirectory({ connection });
+    const { prefix } = storage;
+    const leases = await createShardLeases({
+      connection,
+      owner: cluster.nodeId,
+      ttlMs: cluster.leaseMs,
+      replicas: storage.replicas,
+      bucket: `${prefix}-leases`,
+    });
+    const directory = await createLeaseDirectory({ connection, bucket: `${prefix}-leases` });
     return {
       connection,
+      prefix,
       leases,
       directory,
-      transport: createNatsTransport({ connection }),
+      transport: createNatsTransport({ connection, prefix }),
       async close() {
         directory.close();
         await connection.close().catch(() => {});
@@ -195,6 +206,7 @@ export async function startNode(
             // One-way messages go through the inputs stream, so a send to a shard whose owner is down is accepted.
             inbox: createShardInputs({
               connection: cluster.connection,
+              prefix: cluster.prefix,
               replicas: config.storage.backend === "nats" ? config.storage.replicas : undefined,
               logger: {
                 warn: (message, fields) => runtime.logger.warn(message, fields),
@@ -216,7 +228,9 @@ export async function startNode(
     await runtime.start();
     const { host, port, headersTimeoutMs, idleTimeoutMs, shutdownGraceMs } = config.ingress;
     const clusterStatus =
-      cluster === undefined ? undefined : createClusterStatusReader({ connection: cluster.connection, shards: config.shards });
+      cluster === undefined
+        ? undefined
+        : createClusterStatusReader({ connection: cluster.connection, shards: config.shards, prefix: cluster.prefix });
     server = await listen(runtime, { host, port, headersTimeoutMs, idleTimeoutMs, shutdownGraceMs, clusterStatus });
     if (cluster !== undefined) {
       coordinator = await startShardCoordinator({
@@ -224,6 +238,7 @@ export async function startNode(
         runtime,
         leases: cluster.leases,
         directory: cluster.directory,
+        bucket: `${cluster.prefix}-nodes`,
         ingress: server.url,
         leaseMs: config.cluster.leaseMs,
         replicas: config.storage.backend === "nats" ? config.storage.replicas : undefined,

@@ -11,6 +11,7 @@
 import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
+import { defaults } from "../config/defaults.js";
 import { storageError } from "../storage/nats/shard-wal.js";
 import { decodeLease, type LeaseHolder } from "./shard-lease.js";
 
@@ -69,7 +70,7 @@ export interface ClusterStatusReader {
 
 /** Creates a reader of the cluster's records (membership, leases, WALs, inputs) on `options.connection`. */
 export function createClusterStatusReader(options: ClusterStatusOptions): ClusterStatusReader {
-  const prefix = options.prefix ?? "shoal";
+  const prefix = options.prefix ?? defaults.storage.prefix;
   const timeout = options.timeoutMs ?? 5_000;
   const now = options.now ?? Date.now;
   const js = jetstream(options.connection, { timeout });

@@ -30,6 +30,7 @@ import {
   NodeDeliverySchema,
   NodeReplySchema,
 } from "@shoal/sdk/internal";
+import { defaults } from "../config/defaults.js";
 import type { Delivery, NodeTransport, ReplyOutcome } from "../node/router.js";
 import { ShardUnavailableError } from "../shard/shard-processor.js";
 import { RecordEncodingError } from "../storage/storage.js";
@@ -63,7 +64,7 @@ const deliveries = new Map<NodeDeliveryKind, Delivery>(Object.entries(kinds).map
 /** Creates the NATS transport of a cluster node. */
 export function createNatsTransport(options: NatsTransportOptions): NodeTransport {
   const nc = options.connection;
-  const prefix = options.prefix ?? "shoal";
+  const prefix = options.prefix ?? defaults.storage.prefix;
   const timeout = options.timeoutMs ?? 10_000;
   const subject = (node: string, kind: "reply" | Question) => `${prefix}.node.${node}.${kind}`;
   const about = (envelope: Envelope) => `message ${envelope.id} for ${envelope.target?.type}/${envelope.target?.key}`;

@@ -29,6 +29,7 @@ import { jetstream } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "@shoal/sdk";
+import { defaults } from "../config/defaults.js";
 import type { NodeRuntime } from "../node/runtime.js";
 import { retryPlacement, storageError } from "../storage/nats/shard-wal.js";
 import { type BucketWatch, watchBucket } from "./bucket-watch.js";
@@ -90,7 +91,7 @@ const takeAtOnce = 4;
 export async function startShardCoordinator(options: ShardCoordinatorOptions): Promise<ShardCoordinator> {
   const { runtime, leases, directory, leaseMs, logger } = options;
   const nodeId = runtime.nodeId;
-  const bucket = options.bucket ?? "shoal-nodes";
+  const bucket = options.bucket ?? `${defaults.storage.prefix}-nodes`;
   const now = options.now ?? Date.now;
   const nc = options.connection;
   const renewEveryMs = Math.max(1, Math.floor(leaseMs / 3));

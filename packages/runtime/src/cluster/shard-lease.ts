@@ -32,6 +32,7 @@
 import { JetStreamApiCodes, JetStreamApiError, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
+import { defaults } from "../config/defaults.js";
 import { retryPlacement, storageError } from "../storage/nats/shard-wal.js";
 import { StorageError } from "../storage/storage.js";
 
@@ -101,7 +102,7 @@ interface Snapshot {
 /** Creates the lease bucket if needed and returns this node's view of it. */
 export async function createShardLeases(options: ShardLeasesOptions): Promise<ShardLeases> {
   const nc = options.connection;
-  const bucket = options.bucket ?? "shoal-leases";
+  const bucket = options.bucket ?? `${defaults.storage.prefix}-leases`;
   const stream = `KV_${bucket}`;
   const ttlMs = options.ttlMs ?? 10_000;
   const now = options.now ?? Date.now;

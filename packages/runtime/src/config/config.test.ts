@@ -189,16 +189,34 @@ describe("validateConfig", () => {
     });
   });
 
-  it("takes the nats backend with its servers, directory and replicas", () => {
+  it("takes the nats backend with its servers, directory, replicas and prefix", () => {
     expect(
-      validateConfig({ storage: { backend: "nats", servers: ["nats://a:4222", "nats://b:4222"], directory: "cache", replicas: 3 } }, base)
-        .storage,
-    ).toEqual({ backend: "nats", servers: ["nats://a:4222", "nats://b:4222"], directory: "/srv/app/cache", replicas: 3, security: {} });
+      validateConfig(
+        {
+          storage: {
+            backend: "nats",
+            servers: ["nats://a:4222", "nats://b:4222"],
+            directory: "cache",
+            replicas: 3,
+            prefix: "orders_v2-eu",
+          },
+        },
+        base,
+      ).storage,
+    ).toEqual({
+      backend: "nats",
+      servers: ["nats://a:4222", "nats://b:4222"],
+      directory: "/srv/app/cache",
+      replicas: 3,
+      prefix: "orders_v2-eu",
+      security: {},
+    });
     expect(validateConfig({ storage: { backend: "nats" } }, base).storage).toEqual({
       backend: "nats",
       servers: ["nats://127.0.0.1:4222"],
       directory: "/srv/app/.shoal",
       replicas: undefined,
+      prefix: "shoal",
       security: {},
     });
   });
@@ -297,7 +315,7 @@ describe("validateConfig", () => {
       [
         "a fsync on the nats backend",
         { storage: { backend: "nats", fsync: true } },
-        "storage.fsync: unknown key (expected one of: backend, directory, servers, replicas, tls, user, password, passwordEnv, token, tokenEnv, credentials)",
+        "storage.fsync: unknown key (expected one of: backend, directory, servers, replicas, prefix, tls, user, password, passwordEnv, token, tokenEnv, credentials)",
       ],
       [
         "an empty list of NATS servers",
@@ -313,6 +331,21 @@ describe("validateConfig", () => {
         "NATS replicas other than 1 or 3",
         { storage: { backend: "nats", replicas: 2 } },
         "storage.replicas: expected 1 (one server) or 3 (a cluster of 3 or more), got 2",
+      ],
+      [
+        "a NATS prefix with a dot, which would split its subjects' tokens",
+        { storage: { backend: "nats", prefix: "orders.eu" } },
+        'storage.prefix: expected 1 to 32 letters, digits, "-" or "_" (it begins every stream, bucket and subject name), got "orders.eu"',
+      ],
+      [
+        "an empty NATS prefix",
+        { storage: { backend: "nats", prefix: "" } },
+        'storage.prefix: expected 1 to 32 letters, digits, "-" or "_" (it begins every stream, bucket and subject name), got ""',
+      ],
+      [
+        "a NATS prefix longer than 32 characters",
+        { storage: { backend: "nats", prefix: "a".repeat(33) } },
+        `storage.prefix: expected 1 to 32 letters, digits, "-" or "_" (it begins every stream, bucket and subject name), got "${"a".repeat(33)}"`,
       ],
       [
         "an unknown cluster key",

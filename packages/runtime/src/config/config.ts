@@ -30,6 +30,8 @@ export interface ShoalConfig {
         readonly directory: string;
         /** Replicas of the streams and buckets the node creates; unset: 3 on a cluster, 1 on a single server. */
         readonly replicas: 1 | 3 | undefined;
+        /** The first part of every stream, bucket and subject name: one per application sharing a NATS. Default `shoal`. */
+        readonly prefix: string;
         /** TLS and credentials for NATS (`tls`, `user`/`password`, `token`, `credentials`); empty: none. */
         readonly security: NatsSecurity;
       }
@@ -189,7 +191,7 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd(), en
   onlyKeys(
     storage,
     "storage",
-    backend === "nats" ? ["backend", "directory", "servers", "replicas", ...natsSecurityKeys] : ["backend", "directory", "fsync"],
+    backend === "nats" ? ["backend", "directory", "servers", "replicas", "prefix", ...natsSecurityKeys] : ["backend", "directory", "fsync"],
   );
   const cluster = object(root.cluster, "cluster");
   onlyKeys(cluster, "cluster", ["nodeId", "leaseMs"]);
@@ -253,6 +255,7 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd(), en
               servers: natsServers(storage.servers),
               directory: resolve(baseDir, string(storage, "directory", "storage.", defaults.storage.directory)),
               replicas: natsReplicas(storage.replicas),
+              prefix: natsPrefix(storage.prefix),
               security: natsSecurity(storage, baseDir, env),
             }
           : {
@@ -377,6 +380,21 @@ function nodeIdOf(value: unknown): string {
   if (typeof value !== "string" || !/^[A-Za-z0-9_-]{1,128}$/.test(value)) {
     throw new ConfigError(
       `cluster.nodeId: expected up to 128 letters, digits, "-" or "_" (it names NATS subjects and keys), got ${JSON.stringify(value)}`,
+    );
+  }
+  return value;
+}
+
+/**
+ * Letters, digits, `-` and `_`: what a stream and a KV bucket name may hold and
+ * a subject token may (no `.`, which separates tokens). 32 at most, so that the
+ * longest name made of it (`KV_<prefix>-inputs-consumers`) stays short.
+ */
+function natsPrefix(value: unknown): string {
+  if (value === undefined) return defaults.storage.prefix;
+  if (typeof value !== "string" || !/^[A-Za-z0-9_-]{1,32}$/.test(value)) {
+    throw new ConfigError(
+      `storage.prefix: expected 1 to 32 letters, digits, "-" or "_" (it begins every stream, bucket and subject name), got ${JSON.stringify(value)}`,
     );
   }
   return value;

@@ -55,6 +55,8 @@ export const defaults = {
     fsync: true,
     /** With `nats`: the NATS servers to connect to. */
     servers: ["nats://127.0.0.1:4222"],
+    /** With `nats`: the first part of every stream, bucket and subject name (`<prefix>-wal-<shard>`, `<prefix>-leases`, `<prefix>.in.<shard>`). */
+    prefix: "shoal",
   },
   cluster: {
     /** How long a shard lease and a node's membership record last without renewal, in ms (renewed every third of it). */

@@ -56,6 +56,7 @@ import { type ConnectionOptions, connect, credsAuthenticator, type NatsConnectio
 import type { Logger } from "@shoal/sdk";
 import type { LogRecord } from "@shoal/sdk/internal";
 import type { NatsSecurity } from "../../config/config.js";
+import { defaults } from "../../config/defaults.js";
 import { createLocalShardStorage } from "../local/lmdb-storage.js";
 import { restoreBatches, snapshotOf } from "../shard-snapshot.js";
 import {
@@ -192,7 +193,7 @@ interface Unapplied {
  * created, naming them.
  */
 export async function createNatsShardStorage(options: NatsShardStorageOptions): Promise<NatsShardStorage> {
-  const prefix = options.prefix ?? "shoal";
+  const prefix = options.prefix ?? defaults.storage.prefix;
   const snapshotAfterBytes = options.snapshotAfterBytes ?? 64 * 1024 * 1024;
   if (!Number.isSafeInteger(snapshotAfterBytes) || snapshotAfterBytes < 1) {
     throw new StorageError(`nats storage: option snapshotAfterBytes must be a positive integer, got ${snapshotAfterBytes}`);

@@ -68,6 +68,7 @@ import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "@shoal/sdk";
 import { type Envelope, EnvelopeSchema, OutboxSourceSchema } from "@shoal/sdk/internal";
+import { defaults } from "../../config/defaults.js";
 import { InvalidInputError, RecordEncodingError, StorageError } from "../storage.js";
 import { retryPlacement, storageError } from "./shard-wal.js";
 
@@ -135,7 +136,7 @@ export interface InputConsumer {
 /** Creates the shared inputs stream of the NATS deployment `options.connection` reaches. */
 export function createShardInputs(options: ShardInputsOptions): ShardInputs {
   const nc = options.connection;
-  const prefix = options.prefix ?? "shoal";
+  const prefix = options.prefix ?? defaults.storage.prefix;
   const ackTimeoutMs = options.ackTimeoutMs ?? 5_000;
   const maxInFlight = options.maxInFlight ?? 256;
   if (!Number.isSafeInteger(maxInFlight) || maxInFlight < 1) throw new Error(`maxInFlight must be a positive integer, got ${maxInFlight}`);

@@ -51,6 +51,7 @@ import {
 } from "@nats-io/jetstream";
 import { type NatsConnection, TimeoutError } from "@nats-io/transport-node";
 import { type LogRecord, LogRecordSchema, WalBatchSchema, WalTableChangeSchema } from "@shoal/sdk/internal";
+import { defaults } from "../../config/defaults.js";
 import { type ShardTable, shardTables, type TableChange, type WriteResult } from "../shard-store.js";
 import { encodeRecords, FencedError, StorageError } from "../storage.js";
 
@@ -138,7 +139,7 @@ export interface ShardWal {
 /** Creates the shard logs of the NATS deployment `options.connection` reaches. */
 export function createShardWals(options: ShardWalsOptions): ShardWals {
   const nc = options.connection;
-  const prefix = options.prefix ?? "shoal";
+  const prefix = options.prefix ?? defaults.storage.prefix;
   const ackTimeoutMs = options.ackTimeoutMs ?? 5_000;
   const js = jetstream(nc, { timeout: ackTimeoutMs });
   let manager: Promise<JetStreamManager> | undefined;
