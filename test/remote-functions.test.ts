@@ -246,6 +246,18 @@ describe("shoal serve with the bank in a remote endpoint process", { timeout: 12
     expect(faultLines("unimplemented")).toEqual([]);
   });
 
+  it("sends no InvokeMany to an endpoint whose entry says invokeMany.maxRequests: 1", async () => {
+    await stop(endpoint);
+    await stop(runtime);
+    writeConfig({ endpointAttempts: 3, runtimeAttempts: 3 }, "      invokeMany: { maxRequests: 1 }\n");
+    await startRuntime();
+    // It refuses InvokeMany (and says so on stdout each time): none is sent, so none is refused.
+    const ep = await startEndpoint("invoke-only");
+    await depositsAtOnce("alone", 16);
+    expect(ep.stdout().match(/^fault invoke-only$/gm)).toBeNull();
+    expect(faultLines("unimplemented")).toEqual([]);
+  });
+
   it("fails the invocation with an error naming the endpoint when every attempt is answered with garbage; nothing commits", async () => {
     await stop(endpoint);
     await stop(runtime);

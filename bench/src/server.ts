@@ -174,6 +174,7 @@ async function startEndpoint(): Promise<{
           type: Counter.typeName,
           package: undefined,
           url,
+          invokeMany: { maxRequests: defaults.remote.invokeManyMaxRequests, maxBytes: defaults.remote.invokeManyMaxBytes },
           tls: undefined,
           bearerToken: undefined,
         },

@@ -32,6 +32,7 @@ const bankEndpoint = (url: string): RemoteEndpointConfig => ({
   timeoutMs: 5_000,
   maxConcurrent: 4,
   maxBatch: 4,
+  invokeMany: { maxRequests: 32, maxBytes: 4 * 1024 * 1024 },
   retry: { maxAttempts: 2, initialDelayMs: 10, maxDelayMs: 10 },
   tls: undefined,
   bearerToken: undefined,

@@ -125,6 +125,7 @@ describe("validateConfig", () => {
               timeoutMs: 500,
               maxConcurrent: 2,
               maxBatch: 1,
+              invokeMany: { maxRequests: 1, maxBytes: 65_536 },
               retry: { maxAttempts: 7, initialDelayMs: 1, maxDelayMs: 10 },
               tls: { ca: "tls/ca.pem", cert: "tls/client.pem", key: "/keys/client.key" },
               bearerTokenEnv: "BANK_TOKEN",
@@ -147,6 +148,7 @@ describe("validateConfig", () => {
           timeoutMs: 10_000,
           maxConcurrent: 64,
           maxBatch: 16,
+          invokeMany: { maxRequests: 32, maxBytes: 4 * 1024 * 1024 },
           retry: { maxAttempts: 3, initialDelayMs: 100, maxDelayMs: 2_000 },
           tls: undefined,
           bearerToken: undefined,
@@ -159,6 +161,7 @@ describe("validateConfig", () => {
           timeoutMs: 500,
           maxConcurrent: 2,
           maxBatch: 1,
+          invokeMany: { maxRequests: 1, maxBytes: 65_536 },
           retry: { maxAttempts: 7, initialDelayMs: 1, maxDelayMs: 10 },
           tls: { ca: "/srv/app/tls/ca.pem", cert: "/srv/app/tls/client.pem", key: "/keys/client.key" },
           bearerToken: "s3cret",
@@ -415,7 +418,7 @@ describe("validateConfig", () => {
       [
         "an unknown remote key",
         { functions: { remote: [{ type: "a.B", url: "http://x", timeout: 5 }] } },
-        "functions.remote[0].timeout: unknown key (expected one of: type, package, url, timeoutMs, maxConcurrent, maxBatch, retry, tls, bearerToken, bearerTokenEnv)",
+        "functions.remote[0].timeout: unknown key (expected one of: type, package, url, timeoutMs, maxConcurrent, maxBatch, invokeMany, retry, tls, bearerToken, bearerTokenEnv)",
       ],
       [
         "a type that is no full name",
@@ -446,6 +449,16 @@ describe("validateConfig", () => {
         "a zero batch",
         { functions: { remote: [{ package: "shop.v1", url: "http://x", maxBatch: 0 }] } },
         "functions.remote[0].maxBatch: expected an integer from 1 to 9007199254740991, got 0",
+      ],
+      [
+        "an InvokeMany bound of 0",
+        { functions: { remote: [{ package: "shop.v1", url: "http://x", invokeMany: { maxRequests: 0 } }] } },
+        "functions.remote[0].invokeMany.maxRequests: expected an integer from 1 to 9007199254740991, got 0",
+      ],
+      [
+        "an unknown InvokeMany key",
+        { functions: { remote: [{ package: "shop.v1", url: "http://x", invokeMany: { max: 4 } }] } },
+        "functions.remote[0].invokeMany.max: unknown key (expected one of: maxRequests, maxBytes)",
       ],
       [
         "zero remote attempts",

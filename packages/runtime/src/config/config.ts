@@ -92,6 +92,11 @@ export interface RemoteEndpointConfig {
   readonly maxConcurrent: number;
   /** Queued messages of one instance per Invoke request. Default 16. */
   readonly maxBatch: number;
+  /**
+   * Invocations of distinct instances sent in one InvokeMany request: at most
+   * `maxRequests` (1: never InvokeMany) and `maxBytes` of requests. Default 32 and 4 MiB.
+   */
+  readonly invokeMany: { readonly maxRequests: number; readonly maxBytes: number };
   /** Retries of a failed Invoke request. Default 3 attempts from 100 ms, doubling to 2 s. */
   readonly retry: { readonly maxAttempts: number; readonly initialDelayMs: number; readonly maxDelayMs: number };
   /** PEM files (paths resolved): `ca` to trust instead of the system's CAs, `cert` and `key` for mTLS. */
@@ -290,7 +295,19 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd(), en
   };
 }
 
-const remoteKeys = ["type", "package", "url", "timeoutMs", "maxConcurrent", "maxBatch", "retry", "tls", "bearerToken", "bearerTokenEnv"];
+const remoteKeys = [
+  "type",
+  "package",
+  "url",
+  "timeoutMs",
+  "maxConcurrent",
+  "maxBatch",
+  "invokeMany",
+  "retry",
+  "tls",
+  "bearerToken",
+  "bearerTokenEnv",
+];
 const namePattern = /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/;
 
 function natsServers(value: unknown): string[] {
@@ -436,6 +453,8 @@ function remoteEndpoints(raw: unknown, baseDir: string, env: NodeJS.ProcessEnv):
     }
     const retry = object(entry.retry, `${path}.retry`);
     onlyKeys(retry, `${path}.retry`, ["maxAttempts", "initialDelayMs", "maxDelayMs"]);
+    const many = object(entry.invokeMany, `${path}.invokeMany`);
+    onlyKeys(many, `${path}.invokeMany`, ["maxRequests", "maxBytes"]);
     const tls = tlsFiles(entry.tls, `${path}.tls`, baseDir, "the client certificate and its private key, for mTLS");
     if (tls !== undefined && parsed.protocol !== "https:") throw new ConfigError(`${path}.tls: needs an https:// url, got "${url}"`);
     const bearerToken = secret(entry, path, "bearerToken", "bearerTokenEnv", env, "the endpoint's bearer token");
@@ -448,6 +467,10 @@ function remoteEndpoints(raw: unknown, baseDir: string, env: NodeJS.ProcessEnv):
       timeoutMs: integer(entry, "timeoutMs", `${path}.`, d.timeoutMs, 1),
       maxConcurrent: integer(entry, "maxConcurrent", `${path}.`, d.maxConcurrent, 1),
       maxBatch: integer(entry, "maxBatch", `${path}.`, d.maxBatch, 1),
+      invokeMany: {
+        maxRequests: integer(many, "maxRequests", `${path}.invokeMany.`, d.invokeManyMaxRequests, 1),
+        maxBytes: integer(many, "maxBytes", `${path}.invokeMany.`, d.invokeManyMaxBytes, 1),
+      },
       retry: {
         maxAttempts: integer(retry, "maxAttempts", `${path}.retry.`, d.retry.maxAttempts, 1),
         initialDelayMs: integer(retry, "initialDelayMs", `${path}.retry.`, d.retry.initialDelayMs, 0),

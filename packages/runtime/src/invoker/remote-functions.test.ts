@@ -13,6 +13,7 @@ const entry = (fields: Partial<RemoteEndpointConfig>): RemoteEndpointConfig => (
   timeoutMs: 1_000,
   maxConcurrent: 4,
   maxBatch: 8,
+  invokeMany: { maxRequests: 32, maxBytes: 4 * 1024 * 1024 },
   retry: { maxAttempts: 1, initialDelayMs: 0, maxDelayMs: 0 },
   tls: undefined,
   bearerToken: undefined,

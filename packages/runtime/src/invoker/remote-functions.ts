@@ -65,6 +65,7 @@ export function createRemoteFunctions(
         timeoutMs: entry.timeoutMs,
         limit: node.createLimit(entry.maxConcurrent),
         maxBatch: entry.maxBatch,
+        invokeMany: entry.invokeMany,
         retry: entry.retry,
         tls: entry.tls === undefined ? undefined : readTls(entry),
         bearerToken: entry.bearerToken,
