@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { AckPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { type Envelope, EnvelopeSchema, requestId } from "@shoal/sdk/internal";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -138,6 +139,49 @@ describe.each([1, 3] as const)("the inputs stream on %i nats-server(s)", (size) 
     await until("shard 0 has its 20 inputs", () => shard0.ids.length >= 20);
     await until("they are acknowledged", async () => (await held(nc, stream)) === 1);
     expect(shard0.ids).toEqual(sent.map((e) => e.id));
+  });
+
+  it("makes no consumer while its name cannot be recorded, and reads the shard's inputs once it can", { timeout: 120_000 }, async () => {
+    prefix = uniquePrefix();
+    const jsm = await jetstreamManager(nc, { timeout: ackTimeoutMs });
+    const bucket = `${prefix}-inputs-consumers`;
+    const kvm = new Kvm(jetstream(nc));
+    // The names' bucket there but taking no write: its stream sealed.
+    await kvm.create(bucket, { history: 1, ttl: 3_600_000, replicas: size });
+    const sealed = (await jsm.streams.info(`KV_${bucket}`)).config;
+    await jsm.streams.update(`KV_${bucket}`, { ...sealed, sealed: true });
+    const warnings: string[] = [];
+    const stream = createShardInputs({
+      connection: nc,
+      prefix,
+      ackTimeoutMs,
+      logger: { warn: (message, fields) => void warnings.push(`${message} ${String(fields?.error)}`), error: () => undefined },
+    });
+    const sent = deposit("a");
+    await stream.publish(0, sent);
+    const shard0 = recorder();
+    consuming(stream.consume(0, shard0.submit));
+    await until("shard 0 failed three sessions on the record", () =>
+      warnings.some((w) => w.includes("recording the name of consumer") && w.includes("so it is not made yet")),
+    );
+    const consumersOf = async (shard: number) => {
+      const names: string[] = [];
+      for await (const info of await jsm.consumers.list(stream.streamName))
+        if (info.config.filter_subject === stream.subject(shard)) names.push(info.name);
+      return names;
+    };
+    expect(await consumersOf(0)).toEqual([]);
+    expect(shard0.ids).toEqual([]);
+
+    // The bucket takes writes again: the shard's consumer is made, under a recorded name, and reads the input.
+    await jsm.streams.delete(`KV_${bucket}`);
+    await kvm.create(bucket, { history: 1, ttl: 3_600_000, replicas: size });
+    await until("shard 0 has its input", () => shard0.ids.length === 1);
+    expect(shard0.ids).toEqual([sent.id]);
+    const [made] = await consumersOf(0);
+    const recorded: string[] = [];
+    for await (const key of await (await kvm.open(bucket)).keys("0.*")) recorded.push(key.slice(2));
+    expect(recorded).toContain(made);
   });
 
   it("resumes with a new consumer at the first input the last one did not acknowledge", { timeout: 120_000 }, async () => {

@@ -456,12 +456,19 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
     }
   }
 
-  /** Keeps the name of a consumer about to be made, for `clearUnlistedConsumers`; a failure only costs that. */
+  /**
+   * Keeps the name of a consumer about to be made, for `clearUnlistedConsumers`.
+   * No consumer is made without it: one whose name went unrecorded can come
+   * back as a consumer a nats-server kept, which no sweep then finds (seen in
+   * the cluster storm: a shard's consumers refused for minutes, its inputs
+   * never read, after "recording the name … failed" while JetStream was
+   * electing the bucket's leader). The session fails and is retried instead.
+   */
   async function recordName(name: string): Promise<void> {
     try {
       await (await o.consumerRecord()).put(`${o.shard}.${name}`, "");
     } catch (err) {
-      o.logger.warn(`shard ${o.shard}: recording the name of consumer ${name} failed`, { error: String(err) });
+      throw storageError(`shard ${o.shard}: recording the name of consumer ${name} failed, so it is not made yet`, err);
     }
   }
 
