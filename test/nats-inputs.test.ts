@@ -8,7 +8,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
-import { AckPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { AckPolicy, jetstream, jetstreamManager, type StreamUpdateConfig } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { type Envelope, EnvelopeSchema, requestId } from "@shoal/sdk/internal";
@@ -149,7 +149,8 @@ describe.each([1, 3] as const)("the inputs stream on %i nats-server(s)", (size) 
     // The names' bucket there but taking no write: its stream sealed.
     await kvm.create(bucket, { history: 1, ttl: 3_600_000, replicas: size });
     const sealed = (await jsm.streams.info(`KV_${bucket}`)).config;
-    await jsm.streams.update(`KV_${bucket}`, { ...sealed, sealed: true });
+    // nats.js's update type leaves `sealed` out, although only an update may set it.
+    await jsm.streams.update(`KV_${bucket}`, { ...sealed, sealed: true } as Partial<StreamUpdateConfig>);
     const warnings: string[] = [];
     const stream = createShardInputs({
       connection: nc,
