@@ -285,14 +285,11 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
   /** The consumer to read through: the last session's if it is still there, else a new one. */
   async function consumerFor(m: JetStreamManager): Promise<{ name: string; order: ReturnType<typeof createDeliveryOrder> }> {
     if (current !== undefined) {
-      const exists = await m.consumers.info(o.streamName, current.name).then(
-        () => true,
-        (err: unknown) => {
-          if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.ConsumerNotFound) return false;
-          throw err;
-        },
-      );
-      if (exists) return current;
+      // Kept only while JetStream's own list (its assignments) has it. Not by its info, which the
+      // consumer's leader answers: a nats-server 2.9 can keep answering for a consumer it no longer
+      // assigns, and every session on it then missed its heartbeats (seen in the cluster storm: a
+      // shard's inputs unread for the last 40 s, no consumer of its subject listed).
+      if ((await consumerNames(o.nc, o.streamName, o.ackTimeoutMs)).includes(current.name)) return current;
     }
     // A new one: the old one's unacknowledged deliveries would come back only after its ack wait, behind newer inputs.
     // And under a name of its own: an older session still fetching (a stale owner, another node) would otherwise pull
