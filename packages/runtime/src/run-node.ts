@@ -5,8 +5,8 @@ import { type Implementation, isModule, type ShoalModule } from "@shoal/sdk";
 import { createClusterStatusReader } from "./cluster/cluster-status.js";
 import { createLeaseDirectory, type LeaseDirectory } from "./cluster/lease-directory.js";
 import { createNatsTransport } from "./cluster/nats-transport.js";
-import { type ShardCoordinator, startShardCoordinator } from "./cluster/shard-coordinator.js";
-import { createShardLeases, type ShardLeases } from "./cluster/shard-lease.js";
+import { membershipBucket, type ShardCoordinator, startShardCoordinator } from "./cluster/shard-coordinator.js";
+import { createShardLeases, leaseBucket, type ShardLeases } from "./cluster/shard-lease.js";
 import { ConfigError, type ShoalConfig } from "./config/config.js";
 import { listen, type RuntimeServer } from "./http/server.js";
 import { createShardOwnership } from "./node/ownership.js";
@@ -126,9 +126,9 @@ async function joinCluster(config: ShoalConfig): Promise<Cluster | undefined> {
       owner: cluster.nodeId,
       ttlMs: cluster.leaseMs,
       replicas: storage.replicas,
-      bucket: `${prefix}-leases`,
+      bucket: leaseBucket(prefix),
     });
-    const directory = await createLeaseDirectory({ connection, bucket: `${prefix}-leases` });
+    const directory = await createLeaseDirectory({ connection, bucket: leaseBucket(prefix) });
     return {
       connection,
       prefix,
@@ -238,7 +238,7 @@ export async function startNode(
         runtime,
         leases: cluster.leases,
         directory: cluster.directory,
-        bucket: `${cluster.prefix}-nodes`,
+        bucket: membershipBucket(cluster.prefix),
         ingress: server.url,
         leaseMs: config.cluster.leaseMs,
         replicas: config.storage.backend === "nats" ? config.storage.replicas : undefined,

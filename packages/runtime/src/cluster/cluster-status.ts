@@ -13,7 +13,8 @@ import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { defaults } from "../config/defaults.js";
 import { storageError } from "../storage/nats/shard-wal.js";
-import { decodeLease, type LeaseHolder } from "./shard-lease.js";
+import { membershipBucket } from "./shard-coordinator.js";
+import { decodeLease, type LeaseHolder, leaseBucket } from "./shard-lease.js";
 
 /** A node's record in the membership bucket, as it wrote it. */
 export interface NodeRecord {
@@ -75,8 +76,8 @@ export function createClusterStatusReader(options: ClusterStatusOptions): Cluste
   const now = options.now ?? Date.now;
   const js = jetstream(options.connection, { timeout });
   const names = {
-    nodes: `${prefix}-nodes`,
-    leases: `${prefix}-leases`,
+    nodes: membershipBucket(prefix),
+    leases: leaseBucket(prefix),
     inputs: `${prefix}-inputs`,
     wal: (shard: number) => `${prefix}-wal-${shard}`,
     input: (shard: number) => `${prefix}.in.${shard}`,

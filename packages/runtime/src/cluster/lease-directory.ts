@@ -9,11 +9,10 @@
 import { jetstream } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { defaults } from "../config/defaults.js";
 import type { ShardDirectory } from "../node/router.js";
 import { storageError } from "../storage/nats/shard-wal.js";
 import { type BucketWatch, watchBucket } from "./bucket-watch.js";
-import { decodeLease, type LeaseHolder } from "./shard-lease.js";
+import { decodeLease, type LeaseHolder, leaseBucket } from "./shard-lease.js";
 
 /** Options of `createLeaseDirectory`. */
 export interface LeaseDirectoryOptions {
@@ -40,7 +39,7 @@ export interface LeaseDirectory extends ShardDirectory {
 
 /** Watches the lease bucket; resolves once the watch is running. */
 export async function createLeaseDirectory(options: LeaseDirectoryOptions): Promise<LeaseDirectory> {
-  const bucket = options.bucket ?? `${defaults.storage.prefix}-leases`;
+  const bucket = options.bucket ?? leaseBucket();
   const now = options.now ?? Date.now;
   const leases = new Map<number, LeaseHolder>();
   /** The live owner of each shard at the last check, to tell listeners when it is gone. */

@@ -36,6 +36,11 @@ import { type BucketWatch, watchBucket } from "./bucket-watch.js";
 import type { LeaseDirectory } from "./lease-directory.js";
 import type { Lease, ShardLeases } from "./shard-lease.js";
 
+/** The membership bucket of the nodes whose NATS names begin with `prefix` (`storage.prefix`). */
+export function membershipBucket(prefix: string = defaults.storage.prefix): string {
+  return `${prefix}-nodes`;
+}
+
 /** A node's record in the membership bucket. */
 export interface NodeRecord {
   readonly node: string;
@@ -91,7 +96,7 @@ const takeAtOnce = 4;
 export async function startShardCoordinator(options: ShardCoordinatorOptions): Promise<ShardCoordinator> {
   const { runtime, leases, directory, leaseMs, logger } = options;
   const nodeId = runtime.nodeId;
-  const bucket = options.bucket ?? `${defaults.storage.prefix}-nodes`;
+  const bucket = options.bucket ?? membershipBucket();
   const now = options.now ?? Date.now;
   const nc = options.connection;
   const renewEveryMs = Math.max(1, Math.floor(leaseMs / 3));

@@ -36,6 +36,11 @@ import { defaults } from "../config/defaults.js";
 import { retryPlacement, storageError } from "../storage/nats/shard-wal.js";
 import { StorageError } from "../storage/storage.js";
 
+/** The lease bucket of the nodes whose NATS names begin with `prefix` (`storage.prefix`). */
+export function leaseBucket(prefix: string = defaults.storage.prefix): string {
+  return `${prefix}-leases`;
+}
+
 /** Options of `createShardLeases`. */
 export interface ShardLeasesOptions {
   /** An open connection to the NATS servers; the leases do not close it. */
@@ -102,7 +107,7 @@ interface Snapshot {
 /** Creates the lease bucket if needed and returns this node's view of it. */
 export async function createShardLeases(options: ShardLeasesOptions): Promise<ShardLeases> {
   const nc = options.connection;
-  const bucket = options.bucket ?? `${defaults.storage.prefix}-leases`;
+  const bucket = options.bucket ?? leaseBucket();
   const stream = `KV_${bucket}`;
   const ttlMs = options.ttlMs ?? 10_000;
   const now = options.now ?? Date.now;

@@ -284,20 +284,20 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
 
   /** The consumer to read through: the last session's if it is still there, else a new one. */
   async function consumerFor(m: JetStreamManager): Promise<{ name: string; order: ReturnType<typeof createDeliveryOrder> }> {
-    if (current !== undefined) {
-      // Kept only while JetStream's own list (its assignments) has it. Not by its info, which the
-      // consumer's leader answers: a nats-server 2.9 can keep answering for a consumer it no longer
-      // assigns, and every session on it then missed its heartbeats (seen in the cluster storm: a
-      // shard's inputs unread for the last 40 s, no consumer of its subject listed).
-      if ((await consumerNames(o.nc, o.streamName, o.ackTimeoutMs)).includes(current.name)) return current;
-    }
+    // JetStream's own list of the stream's consumers (its assignments, which need no answer from each consumer's leader).
+    const listed = await consumerNames(o.nc, o.streamName, o.ackTimeoutMs);
+    // The last one is kept only while that list has it. Not by its info, which the consumer's leader
+    // answers: a nats-server 2.9 can keep answering for a consumer it no longer assigns, and every
+    // session on it then missed its heartbeats (seen in the cluster storm: a shard's inputs unread
+    // for the last 40 s, no consumer of its subject listed).
+    if (current !== undefined && listed.includes(current.name)) return current;
     // A new one: the old one's unacknowledged deliveries would come back only after its ack wait, behind newer inputs.
     // And under a name of its own: an older session still fetching (a stale owner, another node) would otherwise pull
     // from this one's consumer by name, and an input it took and never acknowledged would come back here after its ack
     // wait, behind later inputs this shard took, at or below the watermark, and be dropped.
-    // By name, from JetStream's own list of the stream's consumers (which needs no answer from each consumer's leader).
+    // By name, from that list.
     current = undefined;
-    for (const name of await consumerNames(o.nc, o.streamName, o.ackTimeoutMs)) {
+    for (const name of listed) {
       if (name !== o.durable && !name.startsWith(`${o.durable}-`)) continue;
       await m.consumers.delete(o.streamName, name).catch((err: unknown) => {
         if (!(err instanceof JetStreamApiError && err.code === JetStreamApiCodes.ConsumerNotFound)) throw err;
