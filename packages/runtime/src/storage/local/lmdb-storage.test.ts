@@ -69,9 +69,13 @@ describe("local storage on LMDB", () => {
   it("commits a group on LMDB's write thread while the event loop is blocked: no JavaScript runs inside the transaction", async () => {
     const directory = await temporaryDirectory();
     const storage = await openStorage({ directory });
-    const store = await storage.openShard(0, "node-a");
+    const [a, b] = await Promise.all([storage.openShard(0, "node-a"), storage.openShard(1, "node-a")]);
     const before = lastCommitted(directory);
-    const write = store.write([{ table: "instance", key: "k", value: value("v") }], []);
+    // Two writes in one turn: a group of two, which goes to the write thread.
+    const writes = [
+      a.write([{ table: "instance", key: "k", value: value("a") }], []),
+      b.write([{ table: "instance", key: "k", value: value("b") }], []),
+    ];
     // One turn of the event loop: the group is formed and handed to LMDB.
     await new Promise((resolve) => setImmediate(resolve));
     // Then this thread is blocked: a transaction that called back into it
@@ -79,45 +83,69 @@ describe("local storage on LMDB", () => {
     const giveUpAt = Date.now() + 10_000;
     while (lastCommitted(directory) === before && Date.now() < giveUpAt) {}
     expect(lastCommitted(directory)).toBe(before + 1);
-    await write.durable;
+    await Promise.all(writes.map((write) => write.durable));
+    expect(a.get("instance", "k")).toEqual(Buffer.from("a"));
+    expect(b.get("instance", "k")).toEqual(Buffer.from("b"));
+  });
+
+  it("commits a lone write on the event loop, within the turn that forms its group", async () => {
+    const directory = await temporaryDirectory();
+    const storage = await openStorage({ directory });
+    const store = await storage.openShard(0, "node-a");
+    const before = lastCommitted(directory);
+    const write = store.write([{ table: "instance", key: "k", value: value("v") }], []);
+    let durable = false;
+    void write.durable.then(() => {
+      durable = true;
+    });
+    // Runs right after the callback that forms the group, with no I/O between:
+    // LMDB's write thread can report a flush only through the event loop's I/O.
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(durable).toBe(true);
+    expect(lastCommitted(directory)).toBe(before + 1);
     expect(store.get("instance", "k")).toEqual(Buffer.from("v"));
   });
 
-  it("resolves durable once the transaction is flushed to disk, not when it is committed", async () => {
-    const directory = await temporaryDirectory();
-    let hold: Promise<void> | undefined;
-    const events: string[] = [];
-    const storage = await openStorage(
-      { directory },
-      {
-        // Holds LMDB's flush of a group back until the test lets it go.
-        flushed: (flushed) =>
-          flushed.then(async () => {
-            events.push("flushed");
-            await hold;
-          }),
-      },
-    );
-    const store = await storage.openShard(0, "node-a");
-    let release!: () => void;
-    hold = new Promise((resolve) => {
-      release = resolve;
-    });
-    let durable = false;
-    const write = store.write([{ table: "instance", key: "k", value: value("v") }], []);
-    void write.durable.then(() => {
-      events.push("durable");
-      durable = true;
-    });
+  for (const [group, writes] of [
+    ["a lone write, committed on the event loop", 1],
+    ["a group of two, committed on LMDB's write thread", 2],
+  ] as const) {
+    it(`resolves durable once the transaction is flushed to disk, not when it is committed: ${group}`, async () => {
+      const directory = await temporaryDirectory();
+      let hold: Promise<void> | undefined;
+      const events: string[] = [];
+      const storage = await openStorage(
+        { directory },
+        {
+          // Holds LMDB's flush of a group back until the test lets it go.
+          flushed: (flushed) =>
+            flushed.then(async () => {
+              events.push("flushed");
+              await hold;
+            }),
+        },
+      );
+      const stores = await Promise.all(Array.from({ length: writes }, (_, shard) => storage.openShard(shard, "node-a")));
+      let release!: () => void;
+      hold = new Promise((resolve) => {
+        release = resolve;
+      });
+      let durable = false;
+      const written = stores.map((store) => store.write([{ table: "instance", key: "k", value: value("v") }], []));
+      void Promise.all(written.map((write) => write.durable)).then(() => {
+        events.push("durable");
+        durable = true;
+      });
 
-    // Committed: every read sees it. Flushed by LMDB too; but not durable while the flush is held.
-    expect(await turnsUntil(() => store.get("instance", "k") !== undefined && events.includes("flushed"))).toBe(true);
-    await turnsUntil(() => durable);
-    expect(durable).toBe(false);
-    release();
-    await write.durable;
-    expect(events).toEqual(["flushed", "flushed", "durable"]);
-  });
+      // Committed: every read sees it. Flushed by LMDB too; but not durable while the flush is held.
+      expect(await turnsUntil(() => stores.every((store) => store.get("instance", "k") !== undefined) && events.length === 2)).toBe(true);
+      await turnsUntil(() => durable);
+      expect(durable).toBe(false);
+      release();
+      await Promise.all(written.map((write) => write.durable));
+      expect(events).toEqual(["flushed", "flushed", "durable"]);
+    });
+  }
 
   it("refuses a handle's writes from the moment a group of its writes failed, before that failure is reported", async () => {
     let release!: () => void;
