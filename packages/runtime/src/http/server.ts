@@ -2,10 +2,10 @@ import { createServer as createHttp1Server, type Server as Http1Server } from "n
 import { createServer as createHttp2Server, type Http2Server } from "node:http2";
 import { createServer as createNetServer, type Server as NetServer } from "node:net";
 import type { ConnectRouter } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { ClusterStatusReader } from "../cluster/cluster-status.js";
 import { defaults } from "../config/defaults.js";
 import type { NodeRuntime } from "../node/runtime.js";
+import { createConnectAdapter } from "./connect-adapter.js";
 import { trackConnections } from "./connections.js";
 import { toConnectError } from "./errors.js";
 import { answerUnrouted, explainRejections } from "./http-answers.js";
@@ -55,7 +55,7 @@ export interface RuntimeServer {
  */
 export async function listen(runtime: NodeRuntime, options: ListenOptions = {}): Promise<RuntimeServer> {
   let routed: ConnectRouter["handlers"] = [];
-  const connectHandler = connectNodeAdapter({
+  const connectHandler = createConnectAdapter({
     routes(router) {
       shoalRoutes(runtime, options.clusterStatus)(router);
       explainRejections(router, runtime.maxRequestBytes);
