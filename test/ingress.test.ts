@@ -310,6 +310,23 @@ describe("raw HTTP", () => {
     );
     expect(metrics).toMatch(/^shoal_instances\{shard="\d+"\} \d+$/m);
     expect(metrics).toMatch(/^shoal_storage_groups \d+$/m);
+    // Counted per invocation, for each outcome apart.
+    const counts = (text: string) => ({
+      ok: Number(/^shoal_invocations_total\{function="greeter\.v1\.Greeter",handler="Greet",outcome="ok"\} (\d+)$/m.exec(text)?.[1]),
+      refused: Number(
+        /^shoal_invocations_total\{function="greeter\.v1\.Greeter",handler="Greet",outcome="PermissionDenied"\} (\d+)$/m.exec(text)?.[1],
+      ),
+      timed: Number(/^shoal_invocation_duration_seconds_count\{function="greeter\.v1\.Greeter",handler="Greet"\} (\d+)$/m.exec(text)?.[1]),
+    });
+    const before = counts(metrics);
+    await post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "metered" }));
+    await post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "metered" }));
+    await post("/greeter.v1.Greeter/Greet", JSON.stringify({ name: "refuse" }));
+    expect(counts(await (await fetch(`${server.url}/metrics`)).text())).toEqual({
+      ok: before.ok + 2,
+      refused: before.refused + 1,
+      timed: before.timed + 3,
+    });
     // The process: memory, heap, event-loop lag and GC pauses.
     expect(metrics).toMatch(/^process_resident_memory_bytes \d+$/m);
     expect(metrics).toMatch(/^nodejs_heap_size_used_bytes \d+$/m);
