@@ -166,21 +166,11 @@ export function createRuntimeMetrics(source: MetricsSource): RuntimeMetrics {
     appends,
     (s) => s.seconds,
   );
-  // prom-client hashes the labels on every inc or observe that names them; its
-  // labelled children, kept per function, handler and outcome, skip that on
-  // the path of every invocation.
-  const finished = new Map<string, { count: { inc(): void }; latency: { observe(value: number): void } }>();
   return {
     registry: Registry.merge([registry, processMetrics()]),
     invocationFinished(fn, handler, outcome, seconds) {
-      const labels = `${fn}\n${handler}\n${outcome}`;
-      let children = finished.get(labels);
-      if (children === undefined) {
-        children = { count: invocations.labels({ function: fn, handler, outcome }), latency: latency.labels({ function: fn, handler }) };
-        finished.set(labels, children);
-      }
-      children.count.inc();
-      children.latency.observe(seconds);
+      invocations.inc({ function: fn, handler, outcome });
+      latency.observe({ function: fn, handler }, seconds);
     },
     invocationRetried: (fn, handler) => retries.inc({ function: fn, handler }),
     committed: (records) => commits.inc(records),
