@@ -35,7 +35,7 @@ export interface ConnectAdapterOptions extends ConnectRouterOptions {
 
 /** A request listener for node:http and node:http2 that serves the routes, as `connectNodeAdapter` does. */
 export function createConnectAdapter(options: ConnectAdapterOptions): NodeHandler {
-  const router = createConnectRouter({ acceptCompression: [compressionGzip, compressionBrotli], ...options });
+  const router = createConnectRouter({ ...options, acceptCompression: options.acceptCompression ?? [compressionGzip, compressionBrotli] });
   options.routes(router);
   const paths = new Map(router.handlers.map((handler) => [handler.requestPath, handler]));
   return ((req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => {

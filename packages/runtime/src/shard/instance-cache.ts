@@ -71,6 +71,14 @@ export function createInstanceCache(options: { size: number; idleMs: number; now
     newest = e;
   }
 
+  /** Marks an entry used now: the newest of the list. */
+  function use(e: Entry): void {
+    e.usedAtMs = options.now();
+    if (e === newest) return;
+    unlink(e);
+    append(e);
+  }
+
   function drop(e: Entry): void {
     entries.delete(e.id);
     unlink(e);
@@ -89,11 +97,7 @@ export function createInstanceCache(options: { size: number; idleMs: number; now
     get(shard, key) {
       const e = entries.get(id(shard, key));
       if (e === undefined) return undefined;
-      e.usedAtMs = options.now();
-      if (e !== newest) {
-        unlink(e);
-        append(e);
-      }
+      use(e);
       return e.record;
     },
     set(shard, key, record) {
@@ -105,9 +109,7 @@ export function createInstanceCache(options: { size: number; idleMs: number; now
         append(entry);
       } else {
         e.record = record;
-        e.usedAtMs = options.now();
-        unlink(e);
-        append(e);
+        use(e);
       }
       if (entries.size > options.size) evict(() => entries.size > options.size);
     },
