@@ -86,7 +86,9 @@ describe.each([1, 3] as const)("the inputs stream on %i nats-server(s)", (size) 
     await cluster?.close();
   });
 
-  function inputs(options: { duplicateWindowMs?: number; maxInFlight?: number; errors?: string[] } = {}): ShardInputs {
+  function inputs(
+    options: { duplicateWindowMs?: number; maxInFlight?: number; errors?: string[]; blindConsumers?: boolean } = {},
+  ): ShardInputs {
     const errors = options.errors;
     return createShardInputs({
       connection: nc,
@@ -183,6 +185,31 @@ describe.each([1, 3] as const)("the inputs stream on %i nats-server(s)", (size) 
     const recorded: string[] = [];
     for await (const key of await (await kvm.open(bucket)).keys("0.*")) recorded.push(key.slice(2));
     expect(recorded).toContain(made);
+  });
+
+  it("takes the inputs by their sequence when new consumers keep missing inputs the stream holds, in order and once", {
+    timeout: 120_000,
+  }, async () => {
+    prefix = uniquePrefix();
+    // Consumers that see none of the inputs: what a nats-server 2.9 whose subject index lost them makes.
+    const stream = inputs({ blindConsumers: true });
+    const before = Array.from({ length: 5 }, () => deposit("a"));
+    const otherShard = Array.from({ length: 2 }, () => deposit("b"));
+    for (const [i, envelope] of before.entries()) {
+      await stream.publish(0, envelope);
+      if (i < otherShard.length) await stream.publish(1, otherShard[i] as Envelope);
+    }
+    const taken = recorder();
+    consuming(stream.consume(0, taken.submit));
+    await until("the shard took the inputs its consumers missed", () => taken.ids.length >= before.length);
+    // Shard 1's inputs are left alone; shard 0's are removed once taken.
+    await until("only shard 1's inputs are left", async () => (await held(nc, stream)) === otherShard.length);
+    // Inputs that come later are taken behind them.
+    const after = Array.from({ length: 3 }, () => deposit("a"));
+    for (const envelope of after) await stream.publish(0, envelope);
+    await until("the later inputs arrived", () => taken.ids.length >= before.length + after.length, 90_000);
+    expect(taken.ids).toEqual([...before, ...after].map((e) => e.id));
+    for (const e of otherShard) expect(taken.ids).not.toContain(e.id);
   });
 
   it("resumes with a new consumer at the first input the last one did not acknowledge", { timeout: 120_000 }, async () => {

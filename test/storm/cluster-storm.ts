@@ -151,14 +151,16 @@ export async function runClusterStorm(options: ClusterStormOptions): Promise<Ban
       `${load.acknowledged.length} transfers acknowledged, ${load.retries} retries (${JSON.stringify(load.retriedCodes)}), ` +
       `${load.refused.length} refused (${summarize(load.refused)}), ${load.abandoned.length} abandoned, ${load.nonRetryable.length} non-retryable answers, ` +
       `${nodes.reduce((n, node) => n + (node.log().match(/keeps refusing a consumer of [^ ]* for one it no longer lists/g) ?? []).length, 0)} sweeps for a consumer the inputs stream no longer lists (${nodes.reduce((n, node) => n + (node.log().match(/made and deleted consumer/g) ?? []).length, 0)} cleared), ` +
+      `${nodes.reduce((n, node) => n + (node.log().match(/inputs of [^ ]* from stream [^ ]* by their sequence/g) ?? []).length, 0)} reads of a shard's inputs by sequence, ` +
       `total balance ${balanceTotal} of ${accounts * initial}: ${failures.length === 0 ? "ok" : `${failures.length} checks FAILED`}`;
     process.stdout.write(`${summary}\n`);
-    if (failures.length > 0) {
+    // SHOAL_STORM_KEEP_LOG=1 writes the logs of a storm that passed too.
+    if (failures.length > 0 || process.env.SHOAL_STORM_KEEP_LOG !== undefined) {
       const streamLog = [...((await watch?.stop()) ?? []), ...(await inputsBacklog(nats))].join("\n");
       const logs = `${nodes.map((n) => `--- ${n.id}\n${n.log()}`).join("")}--- the inputs stream's leader, as the harness saw it\n${streamLog}\n`;
       const file = join(tmpdir(), `shoal-cluster-storm-${seed}.log`);
       writeFileSync(file, logs);
-      failures.push(`every node's log: ${file}`, logExcerpt(logs, suspects));
+      if (failures.length > 0) failures.push(`every node's log: ${file}`, logExcerpt(logs, suspects));
     }
     return { seed, summary, failures };
   };

@@ -63,6 +63,7 @@ import {
   jetstream,
   jetstreamManager,
   RetentionPolicy,
+  type StoredMsg,
 } from "@nats-io/jetstream";
 import { type KV, Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
@@ -97,6 +98,14 @@ export interface ShardInputsOptions {
   readonly maxInFlight?: number;
   /** Where bad messages and failed consumer sessions are reported. Default: process warnings on stderr. */
   readonly logger?: Pick<Logger, "warn" | "error">;
+  /**
+   * For tests only: the consumers filter a subject no input has, so they see
+   * none of the inputs the stream holds, as on a nats-server 2.9 whose index
+   * of subjects lost track of them; shows taking them by sequence instead
+   * (see `takeBySequence`).
+   * @internal
+   */
+  readonly blindConsumers?: boolean;
 }
 
 /** The shared inputs stream of one NATS deployment. */
@@ -237,6 +246,7 @@ export function createShardInputs(options: ShardInputsOptions): ShardInputs {
         maxInFlight,
         ackTimeoutMs,
         logger,
+        blind: options.blindConsumers === true,
       });
     },
   };
@@ -256,6 +266,7 @@ interface ConsumerOptions {
   readonly maxInFlight: number;
   readonly ackTimeoutMs: number;
   readonly logger: Pick<Logger, "warn" | "error">;
+  readonly blind: boolean;
 }
 
 function startConsumer(o: ConsumerOptions): InputConsumer {
@@ -281,6 +292,8 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
   let current: { readonly name: string; readonly order: ReturnType<typeof createDeliveryOrder> } | undefined;
   /** Sessions in a row that ended with an error before their consumer delivered anything. */
   let barren = 0;
+  /** Consumers in a row that saw fewer inputs than the stream holds for the shard. */
+  let staleConsumers = 0;
 
   /** The consumer to read through: the last session's if it is still there, else a new one. */
   async function consumerFor(m: JetStreamManager): Promise<{ name: string; order: ReturnType<typeof createDeliveryOrder> }> {
@@ -328,6 +341,7 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
           if (stopping || refused !== undefined) break;
           fetched++;
           barren = 0;
+          staleConsumers = 0;
           if (message.subject !== o.subject) {
             // Not ours, so not acknowledged here (that would remove it from its shard's queue): a consumer that
             // delivers another subject's messages (seen on 2.9 after a restart) is replaced.
@@ -341,7 +355,8 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
             messages.stop();
             break;
           }
-          const envelope = decode(message);
+          // Acknowledged, not terminated: a 2.9 work-queue stream keeps a terminated message.
+          const envelope = decode(message, () => message.ack());
           if (envelope === undefined) continue;
           let submitted: Promise<void>;
           try {
@@ -353,7 +368,7 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
             () => message.ack(),
             (err: unknown) => {
               if (err instanceof InvalidInputError || err instanceof RecordEncodingError) {
-                drop(message, err.message);
+                drop(message, () => message.ack(), err.message);
                 return;
               }
               refused ??= err;
@@ -376,13 +391,23 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
           else if (held !== undefined) {
             stale = held > info.num_pending + info.num_ack_pending ? stale + 1 : 0;
             // Twice in a row, so that an input acknowledged between the two answers is no reason.
-            if (stale >= 2)
-              refused = new InputsStaleError(
-                o.shard,
-                o.streamName,
-                durable,
-                `${info.num_pending} of the ${held} inputs the stream holds for the shard (its server ${info.cluster?.leader ?? "?"} has a copy of the stream that is behind)`,
-              );
+            if (stale >= 2) {
+              const what = `${info.num_pending} of the ${held} inputs the stream holds for the shard`;
+              if (++staleConsumers >= takeBySequenceAfter) {
+                // New consumers did not help either: take the inputs from the stream by their sequence.
+                await m.consumers.delete(o.streamName, durable).catch(() => undefined);
+                const taken = await takeBySequence(m);
+                refused = new InputsStaleError(o.shard, o.streamName, durable, `${what}; took ${taken} of them by their sequence`);
+                if (taken > 0) staleConsumers = 0;
+              } else {
+                refused = new InputsStaleError(
+                  o.shard,
+                  o.streamName,
+                  durable,
+                  `${what} (its server ${info.cluster?.leader ?? "?"} may have a copy of the stream that is behind)`,
+                );
+              }
+            }
           }
         }
       }
@@ -390,6 +415,13 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
       // A consumer that fails its sessions without delivering anything (its pulls lost on its leader, seen on 2.9
       // after a restart: inputs pending, no pull waiting) is not kept for a third.
       if (++barren >= 2) current = undefined;
+      // Fresh consumers kept failing too (seen in the cluster storm: pulls unanswered for the last 35 s on a healthy
+      // stream): the stream's leader still answers reads by sequence.
+      if (barren >= takeBySequenceAfterBarren && !stopping) {
+        await m.consumers.delete(o.streamName, durable).catch(() => undefined);
+        const taken = (await heldOnSubject(m).catch(() => 0)) > 0 ? await takeBySequence(m).catch(() => 0) : 0;
+        if (taken > 0) barren = 0;
+      }
       throw err;
     } finally {
       await Promise.all(inFlight);
@@ -420,7 +452,7 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
   async function addConsumer(m: JetStreamManager, durable: string): Promise<void> {
     const config = {
       durable_name: durable,
-      filter_subject: o.subject,
+      filter_subject: o.blind ? `${o.subject}-blind` : o.subject,
       ack_policy: AckPolicy.Explicit,
       deliver_policy: DeliverPolicy.All,
       max_ack_pending: o.maxInFlight,
@@ -526,29 +558,79 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
     );
   }
 
-  function decode(message: JsMsg): Envelope | undefined {
+  /** The envelope of an input, delivered (`JsMsg`) or read by its sequence (`StoredMsg`); undefined when it is dropped. */
+  function decode(message: JsMsg | StoredMsg, remove: () => void): Envelope | undefined {
     let envelope: Envelope;
     try {
       envelope = fromBinary(EnvelopeSchema, message.data);
     } catch (err) {
-      drop(message, `it is not a Shoal envelope (${message.data.length} bytes: ${err instanceof Error ? err.message : String(err)})`);
+      drop(
+        message,
+        remove,
+        `it is not a Shoal envelope (${message.data.length} bytes: ${err instanceof Error ? err.message : String(err)})`,
+      );
       return undefined;
     }
     if (envelope.id === "" || envelope.target === undefined) {
-      drop(message, `envelope ${JSON.stringify(envelope.id)} has ${envelope.id === "" ? "no id" : "no target"}`);
+      drop(message, remove, `envelope ${JSON.stringify(envelope.id)} has ${envelope.id === "" ? "no id" : "no target"}`);
       return undefined;
     }
     envelope.source ??= create(OutboxSourceSchema, { shard: inputsStreamSource, sequence: BigInt(message.seq) });
     return envelope;
   }
 
-  function drop(message: JsMsg, why: string) {
+  function drop(message: JsMsg | StoredMsg, remove: () => void, why: string) {
     o.logger.error(
       `shard ${o.shard}: message ${message.seq} of stream ${o.streamName} (subject ${message.subject}) is dropped: ${why}; only Shoal nodes may publish to ${o.subject}`,
       { stream: o.streamName, sequence: message.seq },
     );
-    // Acknowledged, not terminated: a 2.9 work-queue stream keeps a terminated message.
-    message.ack();
+    remove();
+  }
+
+  /**
+   * Hands the shard the inputs the stream holds on its subject, read one by
+   * one by their sequence, in order, and removes each once `submit` resolved.
+   * For a consumer that does not see inputs the stream holds: a nats-server
+   * 2.9 can lose track of them in its index of subjects after a restart (seen
+   * in the cluster storm: every new consumer, on whichever server, started
+   * after the last input, and a shard took nothing for the last 40 s), and a
+   * consumer finds the messages of its subject through that index, while a
+   * read by sequence does not use it. No consumer of the shard exists
+   * meanwhile (the caller deleted its own; only the shard's owner makes
+   * them). The read stops at the first sequence it cannot read or whose input
+   * `submit` refuses, so the inputs taken are all those of the subject before
+   * it: one that came after them in the stream could otherwise reach the
+   * shard later, below its watermark, and be dropped. Returns how many it took.
+   */
+  async function takeBySequence(m: JetStreamManager): Promise<number> {
+    const { first_seq: first, last_seq: last } = (await m.streams.info(o.streamName)).state;
+    const taken: number[] = [];
+    for (let seq = first; seq <= last && taken.length < o.maxInFlight && !stopping; seq++) {
+      let message: StoredMsg | null;
+      try {
+        message = await m.streams.getMessage(o.streamName, { seq });
+      } catch {
+        break;
+      }
+      if (message === null || message.subject !== o.subject) continue;
+      const envelope = decode(message, () => taken.push(seq));
+      if (envelope === undefined) continue;
+      try {
+        await o.submit(envelope);
+      } catch (err) {
+        if (!(err instanceof InvalidInputError || err instanceof RecordEncodingError)) break;
+        drop(message, () => undefined, err.message);
+      }
+      taken.push(seq);
+    }
+    // Once durable in the shard: a removal that fails leaves a copy the shard drops by its watermark.
+    for (const seq of taken) await m.streams.deleteMessage(o.streamName, seq, false).catch(() => false);
+    if (taken.length > 0) {
+      o.logger.warn(`shard ${o.shard}: took ${taken.length} inputs of ${o.subject} from stream ${o.streamName} by their sequence`, {
+        stream: o.streamName,
+      });
+    }
+    return taken.length;
   }
 
   const running = (async () => {
@@ -663,6 +745,12 @@ export function createDeliveryOrder(): {
  * past the storms' settle time).
  */
 const staleCheckEvery = 1;
+
+/** New consumers in a row that see fewer inputs than the stream holds, after which the shard takes them by sequence. */
+const takeBySequenceAfter = 2;
+
+/** Sessions in a row that failed before their consumer delivered anything, after which the shard takes its inputs by sequence. */
+const takeBySequenceAfterBarren = 4;
 
 /** The `Nats-Msg-Id` of an input: one per envelope and time it was sent (`acceptedAtMs`). */
 function inputMessageId(envelope: Envelope): string {
