@@ -395,8 +395,7 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
               const what = `${info.num_pending} of the ${held} inputs the stream holds for the shard`;
               if (++staleConsumers >= takeBySequenceAfter) {
                 // New consumers did not help either: take the inputs from the stream by their sequence.
-                await m.consumers.delete(o.streamName, durable).catch(() => undefined);
-                const taken = await takeBySequence(m);
+                const taken = await takeBySequence(m, durable);
                 refused = new InputsStaleError(o.shard, o.streamName, durable, `${what}; took ${taken} of them by their sequence`);
                 if (taken > 0) staleConsumers = 0;
               } else {
@@ -418,9 +417,7 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
       // Fresh consumers kept failing too (seen in the cluster storm: pulls unanswered for the last 35 s on a healthy
       // stream): the stream's leader still answers reads by sequence.
       if (barren >= takeBySequenceAfterBarren && !stopping) {
-        await m.consumers.delete(o.streamName, durable).catch(() => undefined);
-        const taken = (await heldOnSubject(m).catch(() => 0)) > 0 ? await takeBySequence(m).catch(() => 0) : 0;
-        if (taken > 0) barren = 0;
+        if ((await takeBySequence(m, durable).catch(() => 0)) > 0) barren = 0;
       }
       throw err;
     } finally {
@@ -595,16 +592,19 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
    * in the cluster storm: every new consumer, on whichever server, started
    * after the last input, and a shard took nothing for the last 40 s), and a
    * consumer finds the messages of its subject through that index, while a
-   * read by sequence does not use it. No consumer of the shard exists
-   * meanwhile (the caller deleted its own; only the shard's owner makes
-   * them). The read stops at the first sequence it cannot read or whose input
+   * read by sequence does not use it. The session's consumer `durable` is
+   * deleted first, so no consumer of the shard delivers meanwhile (only the
+   * shard's owner makes them). The read stops at the first sequence it cannot read or whose input
    * `submit` refuses, so the inputs taken are all those of the subject before
    * it: one that came after them in the stream could otherwise reach the
    * shard later, below its watermark, and be dropped. Returns how many it took.
    */
-  async function takeBySequence(m: JetStreamManager): Promise<number> {
+  async function takeBySequence(m: JetStreamManager, durable: string): Promise<number> {
+    await m.consumers.delete(o.streamName, durable).catch(() => undefined);
+    if ((await heldOnSubject(m)) === 0) return 0;
     const { first_seq: first, last_seq: last } = (await m.streams.info(o.streamName)).state;
     const taken: number[] = [];
+    const remove = (seq: number) => () => void taken.push(seq);
     for (let seq = first; seq <= last && taken.length < o.maxInFlight && !stopping; seq++) {
       let message: StoredMsg | null;
       try {
@@ -613,15 +613,16 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
         break;
       }
       if (message === null || message.subject !== o.subject) continue;
-      const envelope = decode(message, () => taken.push(seq));
+      const envelope = decode(message, remove(seq));
       if (envelope === undefined) continue;
       try {
         await o.submit(envelope);
       } catch (err) {
         if (!(err instanceof InvalidInputError || err instanceof RecordEncodingError)) break;
-        drop(message, () => undefined, err.message);
+        drop(message, remove(seq), err.message);
+        continue;
       }
-      taken.push(seq);
+      remove(seq)();
     }
     // Once durable in the shard: a removal that fails leaves a copy the shard drops by its watermark.
     for (const seq of taken) await m.streams.deleteMessage(o.streamName, seq, false).catch(() => false);
