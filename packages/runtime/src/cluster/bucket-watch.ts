@@ -1,4 +1,5 @@
 import type { KV } from "@nats-io/kv";
+import { retryPlacement } from "../storage/nats/shard-wal.js";
 
 /** A watch of every key of a KV bucket: `stop` ends it. */
 export interface BucketWatch {
@@ -13,7 +14,13 @@ export interface BucketWatch {
  * behind `kv.watch` recreates itself after a server or leader change, so
  * the view catches up on its own.
  */
-export async function watchBucket(kv: KV, onValue: (key: string, value: Uint8Array | undefined) => void): Promise<BucketWatch> {
+export function watchBucket(kv: KV, onValue: (key: string, value: Uint8Array | undefined) => void): Promise<BucketWatch> {
+  // Started again while JetStream cannot answer for the moment: a node that starts during an election
+  // (a CI storm's node exited on "cannot watch the lease bucket: timeout") waits it out instead.
+  return retryPlacement(() => startWatch(kv, onValue));
+}
+
+async function startWatch(kv: KV, onValue: (key: string, value: Uint8Array | undefined) => void): Promise<BucketWatch> {
   const watch = await kv.watch();
   let initialized: () => void = () => {};
   const ready = new Promise<void>((resolve) => {
@@ -26,7 +33,15 @@ export async function watchBucket(kv: KV, onValue: (key: string, value: Uint8Arr
       if (entry.isUpdate) initialized();
     }
   })().finally(initialized);
+  let empty: boolean;
+  try {
+    empty = (await kv.status()).values === 0;
+  } catch (err) {
+    // The next attempt delivers every value again; this watch must not run beside it.
+    watch.stop();
+    throw err;
+  }
   // An empty bucket delivers nothing to wait for.
-  if ((await kv.status()).values === 0) initialized();
+  if (empty) initialized();
   return { ready, stop: () => watch.stop() };
 }

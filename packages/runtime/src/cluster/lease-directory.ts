@@ -10,7 +10,7 @@ import { jetstream } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { ShardDirectory } from "../node/router.js";
-import { storageError } from "../storage/nats/shard-wal.js";
+import { retryPlacement, storageError } from "../storage/nats/shard-wal.js";
 import { type BucketWatch, watchBucket } from "./bucket-watch.js";
 import { decodeLease, type LeaseHolder, leaseBucket } from "./shard-lease.js";
 
@@ -60,7 +60,7 @@ export async function createLeaseDirectory(options: LeaseDirectoryOptions): Prom
 
   let watch: BucketWatch;
   try {
-    const kv = await new Kvm(jetstream(options.connection)).open(bucket);
+    const kv = await retryPlacement(() => new Kvm(jetstream(options.connection)).open(bucket));
     watch = await watchBucket(kv, (key, value) => {
       const shard = Number(key);
       if (!Number.isInteger(shard)) return;
