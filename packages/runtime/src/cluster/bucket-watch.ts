@@ -15,8 +15,7 @@ export interface BucketWatch {
  * the view catches up on its own.
  */
 export function watchBucket(kv: KV, onValue: (key: string, value: Uint8Array | undefined) => void): Promise<BucketWatch> {
-  // Started again while JetStream cannot answer for the moment: a node that starts during an election
-  // (a CI storm's node exited on "cannot watch the lease bucket: timeout") waits it out instead.
+  // Started again while JetStream cannot answer for the moment, so that a node starting during an election waits it out.
   return retryPlacement(() => startWatch(kv, onValue));
 }
 

@@ -594,10 +594,11 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
    * consumer finds the messages of its subject through that index, while a
    * read by sequence does not use it. The session's consumer `durable` is
    * deleted first, so no consumer of the shard delivers meanwhile (only the
-   * shard's owner makes them). The read stops at the first sequence it cannot read or whose input
-   * `submit` refuses, so the inputs taken are all those of the subject before
-   * it: one that came after them in the stream could otherwise reach the
-   * shard later, below its watermark, and be dropped. Returns how many it took.
+   * shard's owner makes them). The read stops at the first sequence it cannot
+   * read or whose input `submit` refuses, so the inputs taken are all those of
+   * the subject before it: one that came after them in the stream could
+   * otherwise reach the shard later, below its watermark, and be dropped.
+   * Returns how many it took, malformed ones removed included.
    */
   async function takeBySequence(m: JetStreamManager, durable: string): Promise<number> {
     await m.consumers.delete(o.streamName, durable).catch(() => undefined);
