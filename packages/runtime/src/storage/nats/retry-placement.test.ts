@@ -33,6 +33,18 @@ describe("retryPlacement", () => {
     expect(attempts).toBe(3);
   });
 
+  it("asks again while JetStream answers that it is temporarily unavailable, as while a cluster without quorum elects a meta leader", async () => {
+    let attempts = 0;
+    const opened = await retryPlacement(async () => {
+      attempts++;
+      if (attempts < 3)
+        throw new JetStreamApiError({ code: 503, err_code: 10008, description: "JetStream system temporarily unavailable" });
+      return "opened";
+    });
+    expect(opened).toBe("opened");
+    expect(attempts).toBe(3);
+  });
+
   it("throws at once when JetStream answers that it is not enabled for the account", async () => {
     let attempts = 0;
     const off = new jserrors.JetStreamNotEnabled("jetstream not enabled for account", {

@@ -481,15 +481,23 @@ function parseMessageId(stream: string, sequence: bigint, msgId: string | undefi
 const noPeersForPlacement = 10005;
 
 /**
+ * JetStream's code for "JetStream system temporarily unavailable" (503): the
+ * server has no meta leader to ask, as while a cluster without quorum elects
+ * one (seen by a node opening the lease bucket with 2 of 3 servers down).
+ */
+const temporarilyUnavailable = 10008;
+
+/**
  * Whether JetStream only cannot answer for the moment: no peers to place a
- * stream on, a request that timed out, or no JetStream API responding (what
+ * stream on, no meta leader ("temporarily unavailable"), a request that timed
+ * out, or no JetStream API responding (what
  * the client calls "jetstream is not enabled", as long as it got no answer
  * at all). While a nats-server of a cluster restarts, or right after a meta
  * leader is elected, streams and buckets elect their own leaders, and their
  * requests time out or find no responder for a few seconds.
  */
 function unavailableForNow(err: unknown): boolean {
-  if (err instanceof JetStreamApiError) return err.code === noPeersForPlacement;
+  if (err instanceof JetStreamApiError) return err.code === noPeersForPlacement || err.code === temporarilyUnavailable;
   if (err instanceof TimeoutError) return true;
   // An answer saying JetStream is off for the account is final; no answer is not.
   return err instanceof Error && err.name === "JetStreamNotEnabled" && !(err.cause instanceof JetStreamApiError);
