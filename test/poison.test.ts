@@ -74,6 +74,26 @@ describe("the bank under `shoal dev`", () => {
     expect(child.stderr()).not.toContain(guardLine);
   });
 
+  it("refuses a request, a one-way send and a transfer to an account key too long to store; every shard serves on", async () => {
+    const child = node as Child;
+    const tooLong = "k".repeat(2000);
+    const limit = "bank.v1.Account keys may be at most 987 bytes";
+    for (const headers of [{}, { "shoal-send": "1" }] as Record<string, string>[]) {
+      const refused = await call("Deposit", { account: tooLong, amount: "5" }, headers);
+      expect(refused.status).toBe(400);
+      expect(refused.json.code).toBe("invalid_argument");
+      expect(refused.json.message).toContain(`is 2000 bytes (UTF-8); ${limit}`);
+    }
+    expect(await call("Deposit", { account: "payer", amount: "10" })).toMatchObject({ status: 200, json: { balance: "10" } });
+    const transfer = await call("Transfer", { account: "payer", to: tooLong, amount: "4", transferId: "t-long" });
+    expect(transfer.status).toBe(400);
+    expect(transfer.json.message).toContain(`ctx.call: the key of bank.v1.Account instance`);
+    expect(await call("Get", { account: "payer" })).toMatchObject({ status: 200, json: { balance: "10" } });
+    const status = JSON.parse((await run(process.execPath, [shoalBin, "status", "--url", url, "--json"])).stdout) as unknown;
+    expect(JSON.stringify(status)).not.toContain('"failed"');
+    expect(child.stderr()).not.toContain(guardLine);
+  });
+
   it("dead-letters a poison one-way send durably: the CLI lists it, and after SIGKILL and restart it is not run again", async () => {
     expect(await call("Deposit", { account: "sink", amount: maxInt64 })).toMatchObject({ status: 200 });
     const sent = await call("Deposit", { account: "sink", amount: "1" }, { "shoal-send": "1" });

@@ -269,6 +269,51 @@ it("fails an invocation that emits to an egress that is not configured, committi
   }
 });
 
+it("refuses a send or a call to an instance whose key is too long to store: the invocation fails, nothing commits, the shard serves on", async () => {
+  const tooLong = "x".repeat(1500);
+  const runtime = createRuntime({
+    functions: [
+      implement(GreeterFunction, {
+        ...greeter,
+        async greet(req, ctx) {
+          if (req.name === "sender") ctx.send(GreeterFunction).greet({ name: tooLong });
+          if (req.name === "caller") {
+            const err = await ctx
+              .call(GreeterFunction)
+              .count({ name: tooLong })
+              .catch((e: unknown) => e);
+            return { greeting: String(err instanceof Error ? err.message : err), times: 0 };
+          }
+          return greeter.greet(req, ctx);
+        },
+      }),
+    ],
+    storage: createMemoryStorage(),
+    shards: 1,
+    logger: "silent",
+  });
+  await runtime.start();
+  try {
+    const client = createFunctionClient(GreeterFunction, createRouterTransport(runtime.routes));
+    const err = (await client.greet({ name: "sender" }).catch((e) => ConnectError.from(e))) as ConnectError;
+    expect(err.code).toBe(Code.InvalidArgument);
+    expect(err.rawMessage).toBe(
+      `greeter.v1.Greeter.Greet: ctx.send: the key of greeter.v1.Greeter instance "${"x".repeat(40)}…" is 1500 bytes (UTF-8); greeter.v1.Greeter keys may be at most 984 bytes`,
+    );
+    expect(runtime.stateOf(GreeterFunction, "sender")).toBeUndefined();
+    // The call gets the refusal as its answer; the handler decides (here: it says so).
+    expect((await client.greet({ name: "caller" })).greeting).toContain("ctx.call: the key of greeter.v1.Greeter instance");
+    // From outside: refused before it is accepted, as InvalidArgument.
+    const direct = (await client.greet({ name: tooLong }).catch((e) => ConnectError.from(e))) as ConnectError;
+    expect(direct.code).toBe(Code.InvalidArgument);
+    expect(direct.rawMessage).toContain("greeter.v1.Greeter keys may be at most 984 bytes");
+    expect(await client.greet({ name: "after" })).toMatchObject({ times: 1 });
+    expect(runtime.status().filter((s) => s.failed !== undefined)).toEqual([]);
+  } finally {
+    await runtime.close();
+  }
+});
+
 it("bounds the handlers running at once across instances (maxConcurrentInvocations)", async () => {
   let running = 0;
   let peak = 0;

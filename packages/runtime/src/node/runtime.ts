@@ -26,7 +26,8 @@ import {
 } from "../shard/shard-processor.js";
 import { controlHandlers } from "../shard/shard-state.js";
 import type { ShardAppendStats, ShardStorage } from "../storage/shard-store.js";
-import { InvalidInputError } from "../storage/storage.js";
+import { instanceKeyTooLong } from "../storage/shard-tables.js";
+import { InvalidInputError, RecordEncodingError } from "../storage/storage.js";
 import { createCycleProbe } from "./cycle-probe.js";
 import { allShards, type ShardOwnership } from "./ownership.js";
 import { type KeyPage, mergeInstancePages, type PageRequest } from "./paging.js";
@@ -527,6 +528,8 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
       return started;
     },
     request(envelope, decodedRequest): Promise<Answer> {
+      const refused = refuseUnstorable(envelope);
+      if (refused !== undefined) return Promise.reject(refused);
       const address = replyAddressOf(envelope, nodeId);
       if (address.node !== nodeId)
         return Promise.reject(new Error(`request ${envelope.id} names node ${address.node} for its reply, not this node (${nodeId})`));
@@ -538,6 +541,8 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
       return waiting.answer;
     },
     accept(envelope) {
+      const refused = refuseUnstorable(envelope);
+      if (refused !== undefined) return Promise.reject(refused);
       return router.route(envelope, "accept");
     },
     acquireShard(shard) {
@@ -599,4 +604,11 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
     },
   };
   return runtime;
+}
+
+/** Why a message from outside cannot be accepted (its instance could never be stored), or undefined. */
+function refuseUnstorable(envelope: Envelope): RecordEncodingError | undefined {
+  const target = envelope.target;
+  const problem = target !== undefined ? instanceKeyTooLong(target.type, target.key) : undefined;
+  return problem !== undefined ? new RecordEncodingError(problem) : undefined;
 }

@@ -28,6 +28,7 @@ import { checkInvokeResponse } from "../invoker/response-check.js";
 import { lazyLogger } from "../observe/logger.js";
 import type { RuntimeMetrics } from "../observe/metrics.js";
 import type { ShardStore, WriteResult } from "../storage/shard-store.js";
+import { instanceKeyTooLong } from "../storage/shard-tables.js";
 import { FencedError, RecordEncodingError } from "../storage/storage.js";
 import type { Clock } from "./clock.js";
 import { buildCommit, callResultEnvelope, envelopeHash, type PendingEffects, pendingEffects } from "./commit-builder.js";
@@ -144,14 +145,18 @@ type MailboxItem =
   | { readonly kind: "message"; readonly envelope: Envelope }
   | { readonly kind: "expire"; readonly type: string; readonly key: string };
 
-/** The answer made up for a call that would close a call cycle (never committed). */
-function cycleAnswer(call: Pick<Envelope, "callId" | "target" | "handler" | "payload">, cycle: string): CallResult {
+/**
+ * The answer made up for a call that is refused before it leaves (never
+ * committed): one that would close a call cycle (FailedPrecondition), one to
+ * an instance that could never be stored (InvalidArgument).
+ */
+function refusedCallAnswer(call: Pick<Envelope, "callId" | "target" | "handler" | "payload">, code: Code, why: string): CallResult {
   return create(CallResultSchema, {
     callId: call.callId,
     target: call.target,
     handler: call.handler,
     requestHash: requestHash(call.payload),
-    reply: errorReply(Code.FailedPrecondition, cycle),
+    reply: errorReply(code, why),
   });
 }
 
@@ -548,6 +553,15 @@ export class ShardProcessor {
         commit: this.state.journal(envelope.id) !== undefined ? { finishedInvocations: [envelope.id] } : {},
       };
     }
+    const unstorable = effects.sends.flatMap((send) => instanceKeyTooLong(send.target.type, send.target.key) ?? []);
+    if (unstorable.length > 0) {
+      // Its receiver could never store it: fail the invocation, as for an unknown egress.
+      log.error(`ctx.send: ${unstorable[0]}`);
+      return {
+        reply: errorReply(Code.InvalidArgument, `${fn.typeName}.${info.name}: ctx.send: ${unstorable[0]}`),
+        commit: this.state.journal(envelope.id) !== undefined ? { finishedInvocations: [envelope.id] } : {},
+      };
+    }
     const commit = pendingEffects(effects, {
       envelope,
       self,
@@ -698,6 +712,14 @@ export class ShardProcessor {
           traceparent: envelope.traceparent,
           acceptedAtMs: BigInt(now),
         });
+        const tooLong = instanceKeyTooLong(call.target.type, call.target.key);
+        if (tooLong !== undefined) {
+          this.madeUp.set(envelope.id, [
+            ...(this.madeUp.get(envelope.id) ?? []),
+            refusedCallAnswer(callEnvelope, Code.InvalidArgument, `ctx.call: ${tooLong}`),
+          ]);
+          continue;
+        }
         const cycle = targetLocks ? this.host.callCycles.find(chain, selfId, targetId, locked) : undefined;
         if (cycle !== undefined) {
           // A re-run may re-issue a call its callee has answered already:
@@ -709,7 +731,10 @@ export class ShardProcessor {
             // back (refused there, durably) if it has not started, or both sides would wait for ever.
             if (this.host.withdrawCall === undefined || !(await this.host.withdrawCall(callEnvelope)))
               throw new ShardUnavailableError(`call ${call.callId} to ${targetId} is still to run there, behind this locked instance`);
-            this.madeUp.set(envelope.id, [...(this.madeUp.get(envelope.id) ?? []), cycleAnswer(callEnvelope, cycle)]);
+            this.madeUp.set(envelope.id, [
+              ...(this.madeUp.get(envelope.id) ?? []),
+              refusedCallAnswer(callEnvelope, Code.FailedPrecondition, cycle),
+            ]);
             continue;
           }
           if (held === undefined) {
@@ -719,7 +744,10 @@ export class ShardProcessor {
               throw new ShardUnavailableError(
                 `call ${call.callId} to ${targetId} closes a call cycle but its callee could not refuse it yet`,
               );
-            this.madeUp.set(envelope.id, [...(this.madeUp.get(envelope.id) ?? []), cycleAnswer(callEnvelope, cycle)]);
+            this.madeUp.set(envelope.id, [
+              ...(this.madeUp.get(envelope.id) ?? []),
+              refusedCallAnswer(callEnvelope, Code.FailedPrecondition, cycle),
+            ]);
             continue;
           }
           // Kept: the callee's shard answers from its memo without waiting for its lock.
@@ -853,7 +881,7 @@ export class ShardProcessor {
       if (!(await this.host.withdrawCall(call))) continue;
       // Not awaiting any more (interrupted, stopped): its re-run sends the call again, which then runs.
       if (this.awaiting.get(invocationId) !== waiting) return broken;
-      this.madeUp.set(invocationId, [...(this.madeUp.get(invocationId) ?? []), cycleAnswer(call, cycle)]);
+      this.madeUp.set(invocationId, [...(this.madeUp.get(invocationId) ?? []), refusedCallAnswer(call, Code.FailedPrecondition, cycle)]);
       broken = true;
     }
     if (broken) this.wakeIfAnswered(invocationId);

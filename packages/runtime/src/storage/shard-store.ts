@@ -41,8 +41,8 @@ export const shardTables: readonly ShardTable[] = [
 
 /**
  * The longest table key every backend holds, in UTF-8 bytes. A write with a
- * longer key is refused with `StorageError`; the shard validates instance
- * keys against it at ingress. (LMDB's limit with 4 KiB pages is 1978 bytes,
+ * longer key is refused with `StorageError`; instance keys are checked
+ * against it (`instanceKeyTooLong`) before a message with one is accepted. (LMDB's limit with 4 KiB pages is 1978 bytes,
  * of which the local backend uses 5 for the shard and table.)
  */
 export const maxKeyBytes = 1024;

@@ -9,7 +9,7 @@ import {
   OutboxEntrySchema,
   SourceWatermarkSchema,
 } from "@shoal/sdk/internal";
-import type { ShardTable, TableChange } from "./shard-store.js";
+import { maxKeyBytes, type ShardTable, type TableChange } from "./shard-store.js";
 import { RecordEncodingError } from "./storage.js";
 
 /**
@@ -54,6 +54,19 @@ export function fromOrderKey(key: string): bigint {
 /** The key of an expiry index entry: due time first, so a range up to `now` finds what is due. */
 export function expiryKey(atMs: number | bigint, id: string): string {
   return `${orderKey(atMs)}/${id}`;
+}
+
+/**
+ * Why an instance cannot be stored, or undefined when it can: the longest
+ * table key it makes (its expiry index entry, `due/type/key`) must fit
+ * `maxKeyBytes`. Checked where a message enters the node and where a handler
+ * sends or calls, so no such message is ever accepted.
+ */
+export function instanceKeyTooLong(type: string, key: string): string | undefined {
+  const keyBytes = Buffer.byteLength(key, "utf8");
+  const limit = maxKeyBytes - (orderDigits + 1) - (Buffer.byteLength(type, "utf8") + 1);
+  if (keyBytes <= limit) return undefined;
+  return `the key of ${type} instance "${key.slice(0, 40)}${key.length > 40 ? "…" : ""}" is ${keyBytes} bytes (UTF-8); ${type} keys may be at most ${limit} bytes`;
 }
 
 /** The due time and the id of an expiry index key. */
