@@ -23,6 +23,10 @@ import {
   universalRequestFromNodeRequest,
   universalResponseToNodeResponse,
 } from "@connectrpc/connect-node";
+import { createUnaryConnectHandler, type UnaryRoute } from "./connect-unary.js";
+
+// connect-es's default readMaxBytes, and its largest.
+const maxReadMaxBytes = 0xffffffff;
 
 /** A request listener for node:http and node:http2, as `connectNodeAdapter` returns. */
 type NodeHandler = ReturnType<typeof connectNodeAdapter>;
@@ -30,15 +34,25 @@ type NodeHandler = ReturnType<typeof connectNodeAdapter>;
 /** Options of {@link createConnectAdapter}: the router's, the routes and what answers other paths. */
 export interface ConnectAdapterOptions extends ConnectRouterOptions {
   routes(router: ConnectRouter): void;
+  /** Routes that are also in `routes`, answered by Shoal's own unary handler when a request is plain Connect unary. */
+  unaryRoutes?: readonly UnaryRoute[];
   fallback: NodeHandler;
 }
 
 /** A request listener for node:http and node:http2 that serves the routes, as `connectNodeAdapter` does. */
 export function createConnectAdapter(options: ConnectAdapterOptions): NodeHandler {
-  const router = createConnectRouter({ ...options, acceptCompression: options.acceptCompression ?? [compressionGzip, compressionBrotli] });
+  const acceptCompression = options.acceptCompression ?? [compressionGzip, compressionBrotli];
+  const router = createConnectRouter({ ...options, acceptCompression });
   options.routes(router);
   const paths = new Map(router.handlers.map((handler) => [handler.requestPath, handler]));
+  const unary = createUnaryConnectHandler(options.unaryRoutes ?? [], {
+    readMaxBytes: options.readMaxBytes ?? maxReadMaxBytes,
+    jsonOptions: options.jsonOptions,
+    acceptCompression,
+    compressMinBytes: options.compressMinBytes,
+  });
   return ((req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => {
+    if (unary(req, res)) return;
     const handler = paths.get(req.url?.split("?", 1)[0] ?? "");
     if (handler === undefined) {
       (options.fallback as (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void)(req, res);

@@ -1,23 +1,26 @@
-import { create, type DescService, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
+import { create, type DescMethodUnary, type DescService, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { headers, keyOf } from "@shoal/sdk";
 import { EnvelopeSchema, idempotentRequestId, requestId } from "@shoal/sdk/internal";
 import type { Answer, NodeRuntime } from "../node/runtime.js";
-import { mapErrors } from "./errors.js";
+import type { HeaderReader, HeaderWriter, UnaryRoute } from "./connect-unary.js";
+import { toConnectError } from "./errors.js";
+import { malformedBody, requestTooLarge } from "./request-errors.js";
 
 /**
- * Serves every function service at its standard Connect/gRPC/gRPC-web path.
- * Each request becomes an envelope for its instance; the reply is the
- * committed reply of the handler. `Shoal-Send: 1` makes it a one-way send
- * answered once durably accepted; `Idempotency-Key` makes retries safe.
+ * The node's function routes: one per handler of every function, at its
+ * standard path. Each request becomes an envelope for its instance; the reply
+ * is the committed reply of the handler. `Shoal-Send: 1` makes it a one-way
+ * send answered once durably accepted; `Idempotency-Key` makes retries safe.
+ * Errors are already mapped to Connect codes (`toConnectError`).
  */
-export function registerIngress(router: ConnectRouter, runtime: NodeRuntime): void {
+export function ingressRoutes(runtime: NodeRuntime): UnaryRoute[] {
+  const routes: UnaryRoute[] = [];
   for (const { fn } of runtime.functions.values()) {
-    const service = fn.service as unknown as DescService;
-    const impl: Record<string, (req: Message, ctx: HandlerContext) => Promise<Message>> = {};
     for (const info of fn.handlers.values()) {
-      const method = info.method;
-      impl[method.localName] = async (request, ctx) => {
+      const method = info.method as unknown as DescMethodUnary;
+      const operation = `${method.parent.typeName}.${method.name}`;
+      const call = async (request: Message, requestHeader: HeaderReader, responseHeader: HeaderWriter): Promise<Message> => {
         const key = keyOf(info, request) ?? "";
         if (fn.state !== undefined && key === "") {
           throw new ConnectError(
@@ -25,9 +28,9 @@ export function registerIngress(router: ConnectRouter, runtime: NodeRuntime): vo
             Code.InvalidArgument,
           );
         }
-        const send = isTrue(ctx.requestHeader.get(headers.send));
-        const idempotencyKey = ctx.requestHeader.get(headers.idempotencyKey) ?? "";
-        const delayHeader = ctx.requestHeader.get(headers.delayMs);
+        const send = isTrue(requestHeader.get(headers.send));
+        const idempotencyKey = requestHeader.get(headers.idempotencyKey) ?? "";
+        const delayHeader = requestHeader.get(headers.delayMs);
         let delayMs = 0;
         if (delayHeader !== null) {
           delayMs = Number(delayHeader);
@@ -55,20 +58,41 @@ export function registerIngress(router: ConnectRouter, runtime: NodeRuntime): vo
           replyTo: send
             ? undefined
             : { kind: { case: "ingress", value: { node: runtime.nodeId, request: idempotencyKey !== "" ? requestId() : id } } },
-          traceparent: ctx.requestHeader.get("traceparent") ?? "",
+          traceparent: requestHeader.get("traceparent") ?? "",
           acceptedAtMs: BigInt(now),
         });
         if (send) {
           await runtime.accept(envelope);
-          ctx.responseHeader.set(headers.messageId, id);
+          responseHeader.set(headers.messageId, id);
           return create(method.output);
         }
         const answer = await runtime.request(envelope, request);
         return toResponse(answer, method.output);
       };
+      routes.push({
+        method,
+        call: (request, requestHeader, responseHeader) =>
+          call(request, requestHeader, responseHeader).catch((err: unknown) => {
+            throw toConnectError(err, operation);
+          }),
+      });
     }
-    router.service(service, impl as never, { interceptors: [mapErrors] });
   }
+  return routes;
+}
+
+/**
+ * Serves the function routes (by default the node's, from `ingressRoutes`)
+ * through connect-es, at their Connect, gRPC and gRPC-web paths.
+ */
+export function registerIngress(router: ConnectRouter, runtime: NodeRuntime, routes: readonly UnaryRoute[] = ingressRoutes(runtime)): void {
+  const byService = new Map<DescService, Record<string, (req: Message, ctx: HandlerContext) => Promise<Message>>>();
+  for (const route of routes) {
+    const impl = byService.get(route.method.parent) ?? {};
+    byService.set(route.method.parent, impl);
+    impl[route.method.localName] = (request, ctx) => route.call(request, ctx.requestHeader, ctx.responseHeader);
+  }
+  for (const [service, impl] of byService) router.service(service, impl as never);
   reportParseErrorsAsInvalidArgument(router);
 }
 
@@ -97,15 +121,11 @@ const textDecoder = new TextDecoder();
 /** The error a client should see instead of connect-es's, or undefined to keep it. */
 function rewrite(code: Code, message: string): { code: Code; message: string } | undefined {
   if (code === Code.Internal && message.startsWith(parseBinary)) {
-    return { code: Code.InvalidArgument, message: `malformed request body: ${message}` };
+    return { code: Code.InvalidArgument, message: malformedBody(message) };
   }
   const size = code === Code.ResourceExhausted ? sizeError.exec(message) : null;
   if (size !== null) {
-    const what = size[1] !== undefined ? `the request of ${size[1]} bytes` : "the request";
-    return {
-      code,
-      message: `${what} is larger than maxRequestBytes (${size[2]} bytes); send less, or raise ingress.maxRequestBytes in shoal.yaml (shoal dev --max-request-bytes)`,
-    };
+    return { code, message: requestTooLarge(size[1] !== undefined ? Number(size[1]) : undefined, Number(size[2])) };
   }
   return undefined;
 }

@@ -5,10 +5,11 @@ import type { ConnectRouter } from "@connectrpc/connect";
 import type { ClusterStatusReader } from "../cluster/cluster-status.js";
 import { defaults } from "../config/defaults.js";
 import type { NodeRuntime } from "../node/runtime.js";
-import { createConnectAdapter } from "./connect-adapter.js";
+import { type ConnectAdapterOptions, createConnectAdapter } from "./connect-adapter.js";
 import { trackConnections } from "./connections.js";
 import { toConnectError } from "./errors.js";
 import { answerUnrouted, explainRejections } from "./http-answers.js";
+import { ingressRoutes } from "./ingress.js";
 import { shoalRoutes } from "./routes.js";
 
 /** Options of `listen`. */
@@ -54,43 +55,7 @@ export interface RuntimeServer {
  * handed to the server that speaks the protocol of its first bytes.
  */
 export async function listen(runtime: NodeRuntime, options: ListenOptions = {}): Promise<RuntimeServer> {
-  let routed: ConnectRouter["handlers"] = [];
-  const connectHandler = createConnectAdapter({
-    routes(router) {
-      shoalRoutes(runtime, options.clusterStatus)(router);
-      explainRejections(router, runtime.maxRequestBytes);
-      routed = router.handlers;
-    },
-    readMaxBytes: runtime.maxRequestBytes,
-    jsonOptions: { ignoreUnknownFields: runtime.ignoreUnknownJsonFields },
-    grpc: true,
-    grpcWeb: true,
-    connect: true,
-    // Outside the Connect routes: metrics for Prometheus and a health check.
-    fallback(req, res) {
-      const path = req.url?.split("?", 1)[0];
-      if (req.method === "GET" && path === "/metrics") {
-        runtime.metrics().then(
-          ({ contentType, text }) => {
-            res.writeHead(200, { "content-type": contentType });
-            res.end(text);
-          },
-          (err) => {
-            res.writeHead(500, { "content-type": "text/plain" });
-            res.end(toConnectError(err, "GET /metrics").message);
-          },
-        );
-        return;
-      }
-      if (req.method === "GET" && path === "/healthz") {
-        const { ready, reasons } = runtime.health();
-        res.writeHead(ready ? 200 : 503, { "content-type": "text/plain" });
-        res.end(ready ? "ok\n" : `${reasons.join("\n")}\n`);
-        return;
-      }
-      answerUnrouted(req, res, routed);
-    },
-  });
+  const connectHandler = createConnectAdapter(ingressAdapterOptions(runtime, options.clusterStatus));
   const idleTimeoutMs = options.idleTimeoutMs ?? defaults.ingress.idleTimeoutMs;
   let inFlight = 0;
   let drained: (() => void) | undefined;
@@ -136,6 +101,53 @@ export async function listen(runtime: NodeRuntime, options: ListenOptions = {}):
       }
       connections.destroyAll();
       await closed;
+    },
+  };
+}
+
+/**
+ * What the ingress's Connect adapter serves and how: the node's routes, its
+ * function routes also through Shoal's own unary handler, the request limits,
+ * and `/metrics`, `/healthz` and the answers for unrouted paths.
+ */
+export function ingressAdapterOptions(runtime: NodeRuntime, clusterStatus?: ClusterStatusReader): ConnectAdapterOptions {
+  let routed: ConnectRouter["handlers"] = [];
+  const ingress = ingressRoutes(runtime);
+  return {
+    routes(router) {
+      shoalRoutes(runtime, clusterStatus, ingress)(router);
+      explainRejections(router, runtime.maxRequestBytes);
+      routed = router.handlers;
+    },
+    unaryRoutes: ingress,
+    readMaxBytes: runtime.maxRequestBytes,
+    jsonOptions: { ignoreUnknownFields: runtime.ignoreUnknownJsonFields },
+    grpc: true,
+    grpcWeb: true,
+    connect: true,
+    // Outside the Connect routes: metrics for Prometheus and a health check.
+    fallback(req, res) {
+      const path = req.url?.split("?", 1)[0];
+      if (req.method === "GET" && path === "/metrics") {
+        runtime.metrics().then(
+          ({ contentType, text }) => {
+            res.writeHead(200, { "content-type": contentType });
+            res.end(text);
+          },
+          (err) => {
+            res.writeHead(500, { "content-type": "text/plain" });
+            res.end(toConnectError(err, "GET /metrics").message);
+          },
+        );
+        return;
+      }
+      if (req.method === "GET" && path === "/healthz") {
+        const { ready, reasons } = runtime.health();
+        res.writeHead(ready ? 200 : 503, { "content-type": "text/plain" });
+        res.end(ready ? "ok\n" : `${reasons.join("\n")}\n`);
+        return;
+      }
+      answerUnrouted(req, res, routed);
     },
   };
 }
