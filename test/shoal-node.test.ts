@@ -46,6 +46,30 @@ describe("shoal-node", () => {
     expect(node.stderr()).toBe("");
   });
 
+  it("closes and exits 0 on a SIGTERM that comes while it starts, and on one the moment it says it listens", async () => {
+    // A module that takes a second to load: the signal lands inside the start.
+    const slow = join(dir, "slow-module.mjs");
+    const greeter = join(repoRoot, "examples/greeter/dist/module.js");
+    writeFileSync(
+      slow,
+      `process.stdout.write("module: loading\\n");\nawait new Promise((r) => setTimeout(r, 1000));\nexport { default } from ${JSON.stringify(greeter)};\n`,
+    );
+    const config = (module: string) =>
+      `storage: { backend: memory }\ningress: { port: 0 }\nfunctions: { module: ${module} }\nlog: { level: warn }\n`;
+    const loading = shoalNodeWith(config(slow));
+    await loading.waitFor(/^module: loading\n/m);
+    loading.process.kill("SIGTERM");
+    expect(await loading.exited).toBe(0);
+    expect(loading.stderr()).toBe("");
+    // As a supervisor does that stops a node as soon as it is up: no window between the banner and the handlers.
+    for (let i = 0; i < 5; i++) {
+      const node = shoalNodeWith(config(greeter));
+      await node.waitFor(/^shoal-node: listening at /m);
+      node.process.kill("SIGTERM");
+      expect(await node.exited).toBe(0);
+    }
+  });
+
   it("refuses a TypeScript module, pointing at the build or at @shoal/cli", async () => {
     const module = join(repoRoot, "examples/greeter/src/module.ts");
     const node = shoalNodeWith(`storage: { backend: memory }\nfunctions: { module: ${module} }\n`, ["--config", "shoal.yaml"]);

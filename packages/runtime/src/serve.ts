@@ -16,15 +16,32 @@ export interface ServeOptions extends StartNodeOptions {
  * Starts a node, installs the process guard, and on SIGINT or SIGTERM closes
  * it (requests in flight finish, the store is closed) and exits 0.
  */
-export async function serveUntilSignal(
+export function serveUntilSignal(
   config: ShoalConfig,
   functions: ShoalModule | readonly Implementation[],
   options: ServeOptions,
 ): Promise<RunningNode> {
-  const node = await startNode(config, functions, options);
-  installProcessGuard(node.runtime.logger);
-  process.stdout.write(options.banner(node.server.url));
+  return serveStarting(() => startNode(config, functions, options), options);
+}
+
+/**
+ * Installs the SIGINT and SIGTERM handlers, then runs `start`, and prints the
+ * banner once it has started. The handlers come first: a supervisor that
+ * stops the node as soon as it sees the banner (or while it starts) must get
+ * a clean close and exit 0, never Node's default end by signal. A signal
+ * during the start closes the node once it has started; a start that fails
+ * is its caller's to report.
+ */
+async function serveStarting(start: () => Promise<RunningNode>, options: ServeOptions): Promise<RunningNode> {
+  let stopping = false;
   const stop = async () => {
+    stopping = true;
+    let node: RunningNode;
+    try {
+      node = await starting;
+    } catch {
+      return;
+    }
     try {
       await node.close();
     } catch (err) {
@@ -35,6 +52,10 @@ export async function serveUntilSignal(
   };
   process.once("SIGINT", stop);
   process.once("SIGTERM", stop);
+  const starting = start();
+  const node = await starting;
+  installProcessGuard(node.runtime.logger);
+  if (!stopping) process.stdout.write(options.banner(node.server.url));
   return node;
 }
 
@@ -61,11 +82,13 @@ export async function serveConfig(configPath: string, options: ServeConfigOption
       `${configPath}: functions: required: functions.module (a module file to run here) or functions.remote (endpoints that serve the functions)`,
     );
   }
-  const functions = config.functions.module === undefined ? [] : await loadModule(config.functions.module, options.importModule);
-  return serveUntilSignal(config, functions, {
-    banner: (url) => `${options.command}: listening at ${url}\n`,
-    onCloseError: options.onCloseError,
-  });
+  const serveOptions: ServeOptions = { banner: (url) => `${options.command}: listening at ${url}\n`, onCloseError: options.onCloseError };
+  // The module's import is part of the start: a signal while it loads closes the node too.
+  return serveStarting(async () => {
+    const module = config.functions.module;
+    const functions = module === undefined ? [] : await loadModule(module, options.importModule);
+    return startNode(config, functions, serveOptions);
+  }, serveOptions);
 }
 
 function describe(err: unknown): string {
