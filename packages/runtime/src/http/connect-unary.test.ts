@@ -5,7 +5,7 @@
 // body, byte for byte.
 import { once } from "node:events";
 import { createServer, type IncomingHttpHeaders, request, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import { type AddressInfo, connect } from "node:net";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { implement, ShoalError } from "@shoal/sdk";
@@ -195,5 +195,38 @@ describe("Shoal's unary Connect handler", () => {
       { greeting: "Hello, whole!", times: 1 },
     ]);
     expect(ownHandlerCalls - before).toBe(1);
+  });
+
+  it("answers pipelined requests on one connection in order", async () => {
+    const { port } = new URL(own);
+    const socket = connect(Number(port), "127.0.0.1");
+    const names = ["p1", "p2", "p3", "p4"];
+    let received = "";
+    socket.setEncoding("latin1").on("data", (chunk: string) => {
+      received += chunk;
+    });
+    const requests = names.map((name) => {
+      const body = JSON.stringify({ name });
+      return `POST ${greet} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
+    });
+    // All four in one write: each is answered, in the order sent.
+    socket.write(requests.join(""));
+    await expect.poll(() => received.match(/"greeting"/g)?.length ?? 0).toBe(names.length);
+    socket.destroy();
+    const greetings = [...received.matchAll(/"greeting":"Hello, (p\d)!"/g)].map((m) => m[1]);
+    expect(greetings).toEqual(names);
+  });
+
+  it("commits a request whose client stopped sending (half-closed) after it, once, and keeps serving", async () => {
+    const body = JSON.stringify({ name: "left" });
+    const { port } = new URL(own);
+    const socket = connect(Number(port), "127.0.0.1");
+    await once(socket, "connect");
+    socket.end(`POST ${greet} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+    // Count reads without counting: the greeting above committed exactly once.
+    const count = async () => JSON.parse(Buffer.from((await post(own, "/greeter.v1.Greeter/Count", json, body)).body, "base64").toString());
+    await expect.poll(count).toEqual({ times: 1 });
+    socket.destroy();
+    expect(await count()).toEqual({ times: 1 });
   });
 });
