@@ -14,3 +14,14 @@ export * from "./invocation.js";
 export * from "./invoke-batch.js";
 export type * from "./invoker.js";
 export * from "./remote/function-protocol.js";
+// The Connect unary handler in front of connect-node, shared with @shoal/runtime's ingress
+// (types only from node:, so this entry still loads where no node: modules exist).
+export type {
+  ConnectUnaryOptions,
+  ConnectUnaryRoute,
+  HeaderReader,
+  HeaderWriter,
+  NodeRequest,
+  NodeResponse,
+} from "./serve/connect-unary.js";
+export { createConnectUnaryHandler } from "./serve/connect-unary.js";

@@ -23,7 +23,7 @@ import {
   universalRequestFromNodeRequest,
   universalResponseToNodeResponse,
 } from "@connectrpc/connect-node";
-import { createUnaryConnectHandler, type UnaryRoute } from "./connect-unary.js";
+import { type ConnectUnaryOptions, type ConnectUnaryRoute, createConnectUnaryHandler, type NodeResponse } from "@shoal/sdk/internal";
 
 // connect-es's default readMaxBytes, and its largest.
 const maxReadMaxBytes = 0xffffffff;
@@ -34,8 +34,12 @@ type NodeHandler = ReturnType<typeof connectNodeAdapter>;
 /** Options of {@link createConnectAdapter}: the router's, the routes and what answers other paths. */
 export interface ConnectAdapterOptions extends ConnectRouterOptions {
   routes(router: ConnectRouter): void;
-  /** Routes that are also in `routes`, answered by Shoal's own unary handler when a request is plain Connect unary. */
-  unaryRoutes?: readonly UnaryRoute[];
+  /**
+   * Routes that are also in `routes`, answered first by the shared unary
+   * handler when a request is plain Connect unary over HTTP/1.1 and
+   * `accepts` it; every error answer passes through `rewriteError`.
+   */
+  unary?: Pick<ConnectUnaryOptions, "accepts" | "rewriteError"> & { readonly routes: readonly ConnectUnaryRoute[] };
   fallback: NodeHandler;
 }
 
@@ -45,14 +49,19 @@ export function createConnectAdapter(options: ConnectAdapterOptions): NodeHandle
   const router = createConnectRouter({ ...options, acceptCompression });
   options.routes(router);
   const paths = new Map(router.handlers.map((handler) => [handler.requestPath, handler]));
-  const unary = createUnaryConnectHandler(options.unaryRoutes ?? [], {
+  const unary = createConnectUnaryHandler(options.unary?.routes ?? [], {
     readMaxBytes: options.readMaxBytes ?? maxReadMaxBytes,
-    jsonOptions: options.jsonOptions,
+    // connect-es's default JSON options are the router's when it names none.
+    jsonOptions: options.jsonOptions ?? {},
     acceptCompression,
     compressMinBytes: options.compressMinBytes,
+    // h2c requests go to connect-node, which watches their streams.
+    http2: false,
+    accepts: options.unary?.accepts,
+    rewriteError: options.unary?.rewriteError,
   });
   return ((req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => {
-    if (unary(req, res)) return;
+    if (unary(req, res as NodeResponse)) return;
     const handler = paths.get(req.url?.split("?", 1)[0] ?? "");
     if (handler === undefined) {
       (options.fallback as (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void)(req, res);

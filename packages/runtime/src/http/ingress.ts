@@ -1,11 +1,16 @@
 import { create, type DescMethodUnary, type DescService, fromBinary, type Message, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { headers, keyOf } from "@shoal/sdk";
-import { EnvelopeSchema, idempotentRequestId, requestId } from "@shoal/sdk/internal";
+import {
+  type ConnectUnaryRoute,
+  EnvelopeSchema,
+  type HeaderReader,
+  type HeaderWriter,
+  idempotentRequestId,
+  requestId,
+} from "@shoal/sdk/internal";
 import type { Answer, NodeRuntime } from "../node/runtime.js";
-import type { HeaderReader, HeaderWriter, UnaryRoute } from "./connect-unary.js";
 import { toConnectError } from "./errors.js";
-import { malformedBody, requestTooLarge } from "./request-errors.js";
 
 /**
  * The node's function routes: one per handler of every function, at its
@@ -14,8 +19,8 @@ import { malformedBody, requestTooLarge } from "./request-errors.js";
  * send answered once durably accepted; `Idempotency-Key` makes retries safe.
  * Errors are already mapped to Connect codes (`toConnectError`).
  */
-export function ingressRoutes(runtime: NodeRuntime): UnaryRoute[] {
-  const routes: UnaryRoute[] = [];
+export function ingressRoutes(runtime: NodeRuntime): ConnectUnaryRoute[] {
+  const routes: ConnectUnaryRoute[] = [];
   for (const { fn } of runtime.functions.values()) {
     for (const info of fn.handlers.values()) {
       const method = info.method as unknown as DescMethodUnary;
@@ -85,7 +90,11 @@ export function ingressRoutes(runtime: NodeRuntime): UnaryRoute[] {
  * Serves the function routes (by default the node's, from `ingressRoutes`)
  * through connect-es, at their Connect, gRPC and gRPC-web paths.
  */
-export function registerIngress(router: ConnectRouter, runtime: NodeRuntime, routes: readonly UnaryRoute[] = ingressRoutes(runtime)): void {
+export function registerIngress(
+  router: ConnectRouter,
+  runtime: NodeRuntime,
+  routes: readonly ConnectUnaryRoute[] = ingressRoutes(runtime),
+): void {
   const byService = new Map<DescService, Record<string, (req: Message, ctx: HandlerContext) => Promise<Message>>>();
   for (const route of routes) {
     const impl = byService.get(route.method.parent) ?? {};
@@ -121,13 +130,23 @@ const textDecoder = new TextDecoder();
 /** The error a client should see instead of connect-es's, or undefined to keep it. */
 function rewrite(code: Code, message: string): { code: Code; message: string } | undefined {
   if (code === Code.Internal && message.startsWith(parseBinary)) {
-    return { code: Code.InvalidArgument, message: malformedBody(message) };
+    return { code: Code.InvalidArgument, message: `malformed request body: ${message}` };
   }
   const size = code === Code.ResourceExhausted ? sizeError.exec(message) : null;
   if (size !== null) {
-    return { code, message: requestTooLarge(size[1] !== undefined ? Number(size[1]) : undefined, Number(size[2])) };
+    const what = size[1] !== undefined ? `the request of ${size[1]} bytes` : "the request";
+    return {
+      code,
+      message: `${what} is larger than maxRequestBytes (${size[2]} bytes); send less, or raise ingress.maxRequestBytes in shoal.yaml (shoal dev --max-request-bytes)`,
+    };
   }
   return undefined;
+}
+
+/** A Connect error as the ingress answers it: connect-es's parse and size errors in its own words (see above). */
+export function rewriteRequestError(error: ConnectError): ConnectError {
+  const fixed = rewrite(error.code, error.rawMessage);
+  return fixed === undefined ? error : new ConnectError(fixed.message, fixed.code, error.metadata, undefined, error.cause);
 }
 
 // gRPC-web frames: a flags byte (0x80: trailers), a big-endian u32 length, the data.

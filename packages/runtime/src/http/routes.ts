@@ -1,8 +1,8 @@
 import type { ConnectRouter } from "@connectrpc/connect";
+import type { ConnectUnaryRoute } from "@shoal/sdk/internal";
 import type { ClusterStatusReader } from "../cluster/cluster-status.js";
 import type { NodeRuntime } from "../node/runtime.js";
 import { registerAdmin } from "./admin.js";
-import type { UnaryRoute } from "./connect-unary.js";
 import { ingressRoutes, registerIngress } from "./ingress.js";
 
 /**
@@ -14,7 +14,7 @@ import { ingressRoutes, registerIngress } from "./ingress.js";
 export function shoalRoutes(
   runtime: NodeRuntime,
   clusterStatus?: ClusterStatusReader,
-  ingress: readonly UnaryRoute[] = ingressRoutes(runtime),
+  ingress: readonly ConnectUnaryRoute[] = ingressRoutes(runtime),
 ): (router: ConnectRouter) => void {
   return (router) => {
     registerAdmin(router, runtime, clusterStatus);

@@ -2,6 +2,7 @@ import { createServer as createHttp1Server, type Server as Http1Server } from "n
 import { createServer as createHttp2Server, type Http2Server } from "node:http2";
 import { createServer as createNetServer, type Server as NetServer } from "node:net";
 import type { ConnectRouter } from "@connectrpc/connect";
+import { headers as shoalHeaders } from "@shoal/sdk";
 import type { ClusterStatusReader } from "../cluster/cluster-status.js";
 import { defaults } from "../config/defaults.js";
 import type { NodeRuntime } from "../node/runtime.js";
@@ -9,7 +10,7 @@ import { type ConnectAdapterOptions, createConnectAdapter } from "./connect-adap
 import { trackConnections } from "./connections.js";
 import { toConnectError } from "./errors.js";
 import { answerUnrouted, explainRejections } from "./http-answers.js";
-import { ingressRoutes } from "./ingress.js";
+import { ingressRoutes, rewriteRequestError } from "./ingress.js";
 import { shoalRoutes } from "./routes.js";
 
 /** Options of `listen`. */
@@ -119,7 +120,12 @@ export function ingressAdapterOptions(runtime: NodeRuntime, clusterStatus?: Clus
       explainRejections(router, runtime.maxRequestBytes);
       routed = router.handlers;
     },
-    unaryRoutes: ingress,
+    unary: {
+      routes: ingress,
+      // `shoal call`'s check of a JSON request's fields is connect-es's route's (explainRejections).
+      accepts: (req) => req.headers[shoalHeaders.rejectUnknownFields] === undefined,
+      rewriteError: rewriteRequestError,
+    },
     readMaxBytes: runtime.maxRequestBytes,
     jsonOptions: { ignoreUnknownFields: runtime.ignoreUnknownJsonFields },
     grpc: true,

@@ -1,4 +1,5 @@
-// Shoal's own unary Connect handler against connect-es, over real sockets:
+// The ingress's answers through the shared Connect unary handler (@shoal/sdk's
+// serve/connect-unary.ts) against connect-es's, over real sockets:
 // two nodes alike, one answering plain Connect requests with Shoal's handler
 // (as `listen` does), one with connect-es alone. Every request of the table
 // goes to both, in the same order, and must get the same status, headers and
@@ -16,7 +17,6 @@ import { greeter } from "../../../../examples/greeter/src/greeter.js";
 import { createRuntime, type Runtime } from "../runtime.js";
 import { createMemoryStorage } from "../storage/memory/memory-storage.js";
 import { createConnectAdapter } from "./connect-adapter.js";
-import type { UnaryRoute } from "./connect-unary.js";
 import { ingressAdapterOptions } from "./server.js";
 
 const maxRequestBytes = 2048;
@@ -49,16 +49,18 @@ async function node(ownHandler: boolean): Promise<string> {
   runtimes.push(runtime);
   await runtime.start();
   const options = ingressAdapterOptions(runtime);
-  const unaryRoutes: UnaryRoute[] = ownHandler
-    ? (options.unaryRoutes ?? []).map((route) => ({
+  const unary = options.unary;
+  if (unary === undefined) throw new Error("the ingress has no unary routes");
+  const routes = ownHandler
+    ? unary.routes.map((route) => ({
         method: route.method,
-        call(...args) {
+        call(...args: Parameters<typeof route.call>) {
           ownHandlerCalls++;
           return route.call(...args);
         },
       }))
     : [];
-  const server = createServer(createConnectAdapter({ ...options, unaryRoutes }));
+  const server = createServer(createConnectAdapter({ ...options, unary: { ...unary, routes } }));
   servers.push(server);
   server.listen(0, "127.0.0.1");
   await once(server, "listening");
