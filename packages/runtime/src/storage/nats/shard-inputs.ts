@@ -538,9 +538,8 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
       o.logger.warn(`shard ${o.shard}: made and deleted consumer ${name} of stream ${o.streamName}, which a nats-server had kept`, {
         stream: o.streamName,
       });
-      // Not the last one, maybe: servers can keep several (seen in the cluster storm: one cleared per
-      // round, the subject refused between rounds for as long as the storm's settle time). So every
-      // candidate is tried in this round; a name no server kept is made and deleted at no harm.
+      // Made on every server of the stream, so none holds another consumer of the subject now: the next session says.
+      return;
     }
   }
 
