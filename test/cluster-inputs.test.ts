@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { shardOf } from "../packages/runtime/src/protocol/shard-hash.js";
 import { writeClusterNodeConfig } from "./support/cluster-nodes.js";
+import { until } from "./support/inputs.js";
 import { type NatsCluster, startNatsCluster } from "./support/nats-cluster.js";
 import { type Child, freePort, repoRoot, start } from "./support/processes.js";
 
@@ -49,14 +50,6 @@ async function startNode(name: string): Promise<{ child: Child; url: string }> {
 function owned(child: Child): number[] {
   const said = [...child.stderr().matchAll(/owns shards \[([\d, ]*)\]/g)].at(-1)?.[1] ?? "";
   return said === "" ? [] : said.split(",").map((s) => Number(s.trim()));
-}
-
-async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
 }
 
 async function post(url: string, method: string, body: unknown, headers: Record<string, string> = {}) {

@@ -7,13 +7,12 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { AckPolicy, jetstream, jetstreamManager, type StreamUpdateConfig } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { type Envelope, EnvelopeSchema, requestId } from "@shoal/sdk/internal";
+import { type Envelope, EnvelopeSchema } from "@shoal/sdk/internal";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { DepositRequestSchema } from "../examples/bank/src/gen/bank/v1/account_pb.js";
 import { AccountFunction } from "../examples/bank/src/gen/bank/v1/account_shoal.js";
 import bank from "../examples/bank/src/module.js";
 import { createShardOwnership } from "../packages/runtime/src/node/ownership.js";
@@ -22,6 +21,7 @@ import { shardOf } from "../packages/runtime/src/protocol/shard-hash.js";
 import { createNatsShardStorage } from "../packages/runtime/src/storage/nats/nats-shard-storage.js";
 import { createShardInputs, type InputConsumer, type ShardInputs } from "../packages/runtime/src/storage/nats/shard-inputs.js";
 import { InvalidInputError } from "../packages/runtime/src/storage/storage.js";
+import { deposit, until } from "./support/inputs.js";
 import { type NatsCluster, startNatsCluster, streamLeader } from "./support/nats-cluster.js";
 import { removeNatsPrefix, uniquePrefix, waitForPlacement } from "./support/nats-storage.js";
 import { type Child, repoRoot, start } from "./support/processes.js";
@@ -29,33 +29,10 @@ import { type Child, repoRoot, start } from "./support/processes.js";
 /** Generous: the machine running the tests may be busy. */
 const ackTimeoutMs = 15_000;
 
-/** Envelope fields as `create` takes them: plain objects, not a message. */
-type EnvelopeFields = Exclude<MessageInitShape<typeof EnvelopeSchema>, Envelope>;
-
-/** A one-way deposit of 1 to `account`, its transfer id the envelope id (so the ledger shows each application). */
-function deposit(account: string, id = requestId(), extra: EnvelopeFields = {}): Envelope {
-  return create(EnvelopeSchema, {
-    id,
-    target: { type: AccountFunction.typeName, key: account },
-    handler: "Deposit",
-    payload: toBinary(DepositRequestSchema, create(DepositRequestSchema, { account, amount: 1n, transferId: id })),
-    acceptedAtMs: BigInt(Date.now()),
-    ...extra,
-  });
-}
-
 /** A submit that records the ids it was given, in order. */
 function recorder() {
   const ids: string[] = [];
   return { ids, submit: async (e: Envelope) => void ids.push(e.id) };
-}
-
-async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
 }
 
 /** The number of messages the inputs stream holds (acknowledged ones are gone: a work queue). */

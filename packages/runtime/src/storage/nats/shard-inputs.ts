@@ -511,11 +511,11 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
    * deleting that one then deletes it everywhere. Its name is one of those
    * the nodes recorded when they made this shard's consumers.
    */
-  async function clearUnlistedConsumers(): Promise<void> {
+  async function clearUnlistedConsumers(): Promise<"listed" | "cleared" | "none"> {
     const m = await o.jsm();
     for await (const consumer of m.consumers.list(o.streamName)) {
       // A consumer that is there (one not made by Shoal) is no ghost: the refusal says so already.
-      if (consumer.config.filter_subject === o.subject) return;
+      if (consumer.config.filter_subject === o.subject) return "listed";
     }
     const listed = new Set(await consumerNames(o.nc, o.streamName, o.ackTimeoutMs));
     const record = await o.consumerRecord();
@@ -538,9 +538,12 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
       o.logger.warn(`shard ${o.shard}: made and deleted consumer ${name} of stream ${o.streamName}, which a nats-server had kept`, {
         stream: o.streamName,
       });
-      // Made on every server of the stream, so none holds another consumer of the subject now: the next session says.
-      return;
+      // Made on every server of the stream, so that one is gone everywhere. Another server may keep another: the
+      // next session says, at once (the storms saw several for one shard). Not by going on down the list here: once
+      // the last is gone every name is accepted, and each would be made and deleted for nothing.
+      return "cleared";
     }
+    return "none";
   }
 
   function isNotUnique(err: unknown): boolean {
@@ -592,16 +595,18 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
    * in the cluster storm: every new consumer, on whichever server, started
    * after the last input, and a shard took nothing for the last 40 s), and a
    * consumer finds the messages of its subject through that index, while a
-   * read by sequence does not use it. The session's consumer `durable` is
-   * deleted first, so no consumer of the shard delivers meanwhile (only the
-   * shard's owner makes them). The read stops at the first sequence it cannot
+   * read by sequence does not use it. And for a subject no consumer can be
+   * made for, while a nats-server keeps one under a name no node recorded
+   * (see `clearUnlistedConsumers`). The session's consumer `durable`, if
+   * any, is deleted first, so no consumer of the shard delivers meanwhile
+   * (only the shard's owner makes them). The read stops at the first sequence it cannot
    * read or whose input `submit` refuses, so the inputs taken are all those of
    * the subject before it: one that came after them in the stream could
    * otherwise reach the shard later, below its watermark, and be dropped.
    * Returns how many it took, malformed ones removed included.
    */
-  async function takeBySequence(m: JetStreamManager, durable: string): Promise<number> {
-    await m.consumers.delete(o.streamName, durable).catch(() => undefined);
+  async function takeBySequence(m: JetStreamManager, durable?: string): Promise<number> {
+    if (durable !== undefined) await m.consumers.delete(o.streamName, durable).catch(() => undefined);
     if ((await heldOnSubject(m)) === 0) return 0;
     const { first_seq: first, last_seq: last } = (await m.streams.info(o.streamName)).state;
     const taken: number[] = [];
@@ -637,22 +642,43 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
 
   const running = (async () => {
     let refusedInARow = 0;
+    let clearedInARow = 0;
     for (let failures = 0; !stopping; ) {
       try {
         await session();
         failures = 0;
         refusedInARow = 0;
+        clearedInARow = 0;
       } catch (err) {
         if (stopping) return;
         failures++;
         refusedInARow = isNotUnique(err) ? refusedInARow + 1 : 0;
+        if (refusedInARow === 0) clearedInARow = 0;
         if (refusedInARow >= ghostClaimAfter) {
-          refusedInARow = 0;
-          await clearUnlistedConsumers().catch((sweep: unknown) =>
+          const swept = await clearUnlistedConsumers().catch((sweep: unknown) => {
             o.logger.warn(`shard ${o.shard}: clearing consumers of ${o.subject} that stream ${o.streamName} no longer lists failed`, {
               error: String(sweep),
-            }),
-          );
+            });
+            return "failed" as const;
+          });
+          // The refusal was a kept consumer, so the next one is too: swept at its first refusal, not after three
+          // more 5 s apart (several kept for one shard left its inputs unread for a minute in the storm). A second
+          // apart and a few times at most: a deletion under way refuses a new consumer for a moment too.
+          if (swept === "cleared" && ++clearedInARow <= maxClearedInARow) {
+            refusedInARow = ghostClaimAfter - 1;
+            failures = 0;
+            await sleep(1_000);
+            continue;
+          }
+          refusedInARow = 0;
+          if (swept === "none") {
+            // Kept under a name no node recorded: no consumer of the subject can be made until an operator deletes it
+            // on that server. Meanwhile the inputs are read by their sequence, which needs no consumer.
+            const m = await o.jsm();
+            await takeBySequence(m).catch((take: unknown) =>
+              o.logger.warn(`shard ${o.shard}: taking the inputs of ${o.subject} by their sequence failed`, { error: String(take) }),
+            );
+          }
         }
         // The shard refusing (recovering, moved) is expected for a moment; say so once it lasts.
         if (failures >= 3 || !(err instanceof StorageError || isUnavailable(err)))
@@ -764,6 +790,9 @@ const workQueueConsumerNotUnique = 10100;
 
 /** Refusals in a row for another consumer of the subject after which the consumers it may be are cleared (see `clearUnlistedConsumers`). */
 const ghostClaimAfter = 3;
+
+/** Sweeps in a row that each cleared a kept consumer, after which the next waits for three refusals again. */
+const maxClearedInARow = 8;
 
 /**
  * The names of a stream's consumers, from JetStream's assignments
