@@ -238,6 +238,13 @@ async function inputsBacklog(nats: NatsCluster): Promise<string[]> {
       line(
         `inputs stream at the end: ${info.state.messages} messages, first ${info.state.first_seq}, last ${info.state.last_seq}, per subject ${JSON.stringify(info.state.subjects ?? {})}`,
       );
+      // What the stream's leader holds, message by message (its per-subject counts can be wrong on 2.9).
+      const held: string[] = [];
+      for (let seq = info.state.first_seq; seq <= info.state.last_seq && held.length < 50; seq++) {
+        const message = await jsm.streams.getMessage("shoal-inputs", { seq }).catch((err: unknown) => `${(err as Error).message}`);
+        if (message !== null) held.push(`${seq}: ${typeof message === "string" ? message : message.subject}`);
+      }
+      line(`inputs stream at the end, message by message: ${held.join(", ")}`);
       for await (const c of await jsm.consumers.list("shoal-inputs")) {
         line(
           `consumer ${c.name} (${c.config.filter_subject}): delivered ${c.delivered.consumer_seq}/${c.delivered.stream_seq}, ack floor ${c.ack_floor.consumer_seq}/${c.ack_floor.stream_seq}, ack pending ${c.num_ack_pending}, pending ${c.num_pending}, waiting pulls ${c.num_waiting}, leader ${c.cluster?.leader ?? "none"}`,

@@ -607,24 +607,33 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
    */
   async function takeBySequence(m: JetStreamManager, durable?: string): Promise<number> {
     if (durable !== undefined) await m.consumers.delete(o.streamName, durable).catch(() => undefined);
-    if ((await heldOnSubject(m)) === 0) return 0;
+    const held = await heldOnSubject(m);
+    if (held === 0) return 0;
     const { first_seq: first, last_seq: last } = (await m.streams.info(o.streamName)).state;
     const taken: number[] = [];
     const remove = (seq: number) => () => void taken.push(seq);
+    /** Messages of the subject read, and why the read stopped before `last` (for the log when it took none). */
+    let found = 0;
+    let stoppedAt: string | undefined;
     for (let seq = first; seq <= last && taken.length < o.maxInFlight && !stopping; seq++) {
       let message: StoredMsg | null;
       try {
         message = await m.streams.getMessage(o.streamName, { seq });
-      } catch {
+      } catch (err) {
+        stoppedAt = `reading message ${seq} failed: ${err instanceof Error ? err.message : String(err)}`;
         break;
       }
       if (message === null || message.subject !== o.subject) continue;
+      found++;
       const envelope = decode(message, remove(seq));
       if (envelope === undefined) continue;
       try {
         await o.submit(envelope);
       } catch (err) {
-        if (!(err instanceof InvalidInputError || err instanceof RecordEncodingError)) break;
+        if (!(err instanceof InvalidInputError || err instanceof RecordEncodingError)) {
+          stoppedAt = `the shard refused message ${seq}: ${err instanceof Error ? err.message : String(err)}`;
+          break;
+        }
         drop(message, remove(seq), err.message);
         continue;
       }
@@ -636,6 +645,11 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
       o.logger.warn(`shard ${o.shard}: took ${taken.length} inputs of ${o.subject} from stream ${o.streamName} by their sequence`, {
         stream: o.streamName,
       });
+    } else {
+      o.logger.warn(
+        `shard ${o.shard}: stream ${o.streamName} counts ${held} inputs of ${o.subject}, but none was taken by its sequence: ${stoppedAt ?? `messages ${first} to ${last} hold ${found} of that subject`}`,
+        { stream: o.streamName },
+      );
     }
     return taken.length;
   }
