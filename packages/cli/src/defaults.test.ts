@@ -47,6 +47,7 @@ describe("the table of defaults", () => {
       retry: { ...defaults.retry },
       memoRetentionMs: defaults.memoRetentionMs,
       invokeTimeoutMs: defaults.invokeTimeoutMs,
+      callResendMs: defaults.callResendMs,
       instanceCacheSize: defaults.instanceCacheSize,
       instanceIdleMs: defaults.instanceIdleMs,
       maxConcurrentInvocations: defaults.maxConcurrentInvocations,

@@ -186,6 +186,7 @@ export async function startNode(
       retry: config.retry,
       memoRetentionMs: config.memoRetentionMs,
       invokeTimeoutMs: config.invokeTimeoutMs,
+      callResendMs: config.callResendMs,
       instanceCacheSize: config.instanceCacheSize,
       instanceIdleMs: config.instanceIdleMs,
       maxConcurrentInvocations: config.maxConcurrentInvocations,

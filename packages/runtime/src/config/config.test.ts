@@ -35,6 +35,7 @@ describe("validateConfig", () => {
     retry: { maxAttempts: 5, initialDelayMs: 100, maxDelayMs: 5_000 },
     memoRetentionMs: 24 * 3600_000,
     invokeTimeoutMs: 60_000,
+    callResendMs: 10_000,
     instanceCacheSize: 10_000,
     instanceIdleMs: 60_000,
     maxConcurrentInvocations: 1024,
@@ -78,6 +79,7 @@ describe("validateConfig", () => {
         retry: { maxAttempts: 1, initialDelayMs: 0, maxDelayMs: 0 },
         memoRetentionMs: 60_000,
         invokeTimeoutMs: 5_000,
+        callResendMs: 2_000,
         instanceCacheSize: 5,
         instanceIdleMs: 1000,
         maxConcurrentInvocations: 16,
@@ -103,6 +105,7 @@ describe("validateConfig", () => {
       retry: { maxAttempts: 1, initialDelayMs: 0, maxDelayMs: 0 },
       memoRetentionMs: 60_000,
       invokeTimeoutMs: 5_000,
+      callResendMs: 2_000,
       instanceCacheSize: 5,
       instanceIdleMs: 1000,
       maxConcurrentInvocations: 16,
@@ -269,7 +272,7 @@ describe("validateConfig", () => {
       [
         "an unknown top-level key",
         { shard: 4 },
-        "shard: unknown key (expected one of: shards, ingress, storage, cluster, functions, retry, memoRetentionMs, invokeTimeoutMs, instanceCacheSize, instanceIdleMs, snapshotEvery, snapshotLogBytes, snapshotAfterMs, maxConcurrentInvocations, egress, log)",
+        "shard: unknown key (expected one of: shards, ingress, storage, cluster, functions, retry, memoRetentionMs, invokeTimeoutMs, callResendMs, instanceCacheSize, instanceIdleMs, snapshotEvery, snapshotLogBytes, snapshotAfterMs, maxConcurrentInvocations, egress, log)",
       ],
       [
         "an unknown ingress key",
@@ -382,6 +385,11 @@ describe("validateConfig", () => {
         "retry.initialDelayMs: expected an integer from 0 to 9007199254740991, got -5",
       ],
       ["a zero memo retention", { memoRetentionMs: 0 }, "memoRetentionMs: expected an integer from 1 to 9007199254740991, got 0"],
+      [
+        "a call resend time that is not a number",
+        { callResendMs: "10s" },
+        'callResendMs: expected an integer from 1 to 9007199254740991, got "10s"',
+      ],
       ["a zero invoke timeout", { invokeTimeoutMs: 0 }, "invokeTimeoutMs: expected an integer from 1 to 9007199254740991, got 0"],
       ["a zero instance cache", { instanceCacheSize: 0 }, "instanceCacheSize: expected an integer from 1 to 9007199254740991, got 0"],
       [

@@ -58,6 +58,8 @@ export interface ShoalConfig {
   readonly retry: { readonly maxAttempts: number; readonly initialDelayMs: number; readonly maxDelayMs: number };
   readonly memoRetentionMs: number;
   readonly invokeTimeoutMs: number;
+  /** How long an invocation awaits a call's result before it sends the call again, in ms. */
+  readonly callResendMs: number;
   /** Decoded instances a node holds in memory; see `RuntimeOptions.instanceCacheSize`. */
   readonly instanceCacheSize: number;
   /** Time after its last use at which an instance is dropped from memory, in ms. */
@@ -172,6 +174,7 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd(), en
     "retry",
     "memoRetentionMs",
     "invokeTimeoutMs",
+    "callResendMs",
     "instanceCacheSize",
     "instanceIdleMs",
     ...Object.keys(retiredKeys),
@@ -284,6 +287,7 @@ export function validateConfig(raw: unknown, baseDir: string = process.cwd(), en
     },
     memoRetentionMs: integer(root, "memoRetentionMs", "", defaults.memoRetentionMs, 1),
     invokeTimeoutMs,
+    callResendMs: integer(root, "callResendMs", "", defaults.callResendMs, 1),
     instanceCacheSize: integer(root, "instanceCacheSize", "", defaults.instanceCacheSize, 1),
     instanceIdleMs: integer(root, "instanceIdleMs", "", defaults.instanceIdleMs, 1),
     maxConcurrentInvocations: integer(root, "maxConcurrentInvocations", "", defaults.maxConcurrentInvocations, 1),

@@ -65,6 +65,12 @@ export interface RuntimeOptions {
    */
   readonly invokeTimeoutMs?: number;
   /**
+   * How long an invocation awaits a call's result before it sends the call
+   * again, in ms. The callee runs a call once and answers a copy with the
+   * kept result, so a copy costs a message, never a second run. Default 10 s.
+   */
+  readonly callResendMs?: number;
+  /**
    * Decoded instances the node holds in memory, across its shards; beyond
    * this the least recently used are dropped, and read back from the store
    * on their next message. Default 10 000.
@@ -220,7 +226,7 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
   const shards = options.shards ?? defaults.shards;
   if (!Number.isInteger(shards) || shards < 1 || shards > 65536)
     throw new Error(`shards must be an integer from 1 to 65536, got ${shards}`);
-  for (const name of ["instanceCacheSize", "instanceIdleMs"] as const) {
+  for (const name of ["instanceCacheSize", "instanceIdleMs", "callResendMs"] as const) {
     const value = options[name];
     if (value !== undefined && (!Number.isSafeInteger(value) || value < 1))
       throw new Error(`${name} must be a positive integer, got ${value} (default ${defaults[name]})`);
@@ -368,7 +374,7 @@ export function createNodeRuntime(options: RuntimeOptions): NodeRuntime {
     metrics,
     callCycles,
     invokeTimeoutMs: options.invokeTimeoutMs ?? defaults.invokeTimeoutMs,
-    callResendMs: defaults.callResendMs,
+    callResendMs: options.callResendMs ?? defaults.callResendMs,
     invokerFor: (type) => remoteInvokers.get(type),
     invocationLogger: (fields) => toShoalLogger(pinoLogger.child(fields)),
     lookup: (name) => functions.get(name),
