@@ -688,10 +688,12 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
           if (swept === "none") {
             // Kept under a name no node recorded: no consumer of the subject can be made until an operator deletes it
             // on that server. Meanwhile the inputs are read by their sequence, which needs no consumer.
-            const m = await o.jsm();
-            await takeBySequence(m).catch((take: unknown) =>
-              o.logger.warn(`shard ${o.shard}: taking the inputs of ${o.subject} by their sequence failed`, { error: String(take) }),
-            );
+            await o
+              .jsm()
+              .then((m) => takeBySequence(m))
+              .catch((take: unknown) =>
+                o.logger.warn(`shard ${o.shard}: taking the inputs of ${o.subject} by their sequence failed`, { error: String(take) }),
+              );
           }
         }
         // The shard refusing (recovering, moved) is expected for a moment; say so once it lasts.
