@@ -12,16 +12,13 @@ import { AckPolicy, DeliverPolicy, JetStreamApiError, jetstream, jetstreamManage
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createShardInputs, type ShardInputs } from "../../packages/runtime/src/storage/nats/shard-inputs.js";
+import { createShardInputs, type ShardInputs, workQueueConsumerNotUnique } from "../../packages/runtime/src/storage/nats/shard-inputs.js";
 import { deposit, until } from "../support/inputs.js";
 import { type NatsCluster, startNatsCluster } from "../support/nats-cluster.js";
 import { uniquePrefix, waitForPlacement } from "../support/nats-storage.js";
 
 const ackTimeoutMs = 15_000;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** JetStream's error code for a second consumer of a subject on a work-queue stream. */
-const notUnique = 10100;
 
 /** Retries `op` while JetStream times out, elects, or has no responder yet after a restart; a consumer already gone counts as deleted. */
 async function persistently(op: () => Promise<unknown>): Promise<void> {
@@ -74,7 +71,7 @@ describe("a consumer a restarted nats-server kept after its deletion", () => {
           return true;
         } catch (err) {
           // A deletion under way refuses it for a moment too: refused for 10 s, it is kept.
-          if (err instanceof JetStreamApiError && err.code === notUnique && attempt >= 20) return false;
+          if (err instanceof JetStreamApiError && err.code === workQueueConsumerNotUnique && attempt >= 20) return false;
           if (attempt >= 60) throw err;
           await sleep(500);
         }
@@ -107,7 +104,12 @@ describe("a consumer a restarted nats-server kept after its deletion", () => {
     expect(listed).toEqual([]);
   }
 
-  async function setUp(): Promise<{ inputs: ShardInputs; warnings: string[]; recorded: (name: string) => Promise<void> }> {
+  async function setUp(): Promise<{
+    prefix: string;
+    inputs: ShardInputs;
+    warnings: string[];
+    recorded: (name: string) => Promise<void>;
+  }> {
     const prefix = uniquePrefix();
     const warnings: string[] = [];
     const inputs = createShardInputs({
@@ -119,20 +121,26 @@ describe("a consumer a restarted nats-server kept after its deletion", () => {
     // The stream, made by a first publish.
     await inputs.publish(1, deposit("elsewhere"));
     const bucket = await new Kvm(jetstream(nc)).create(`${prefix}-inputs-consumers`, { history: 1, ttl: 3_600_000, replicas: 3 });
-    return { inputs, warnings, recorded: (name) => persistently(() => bucket.put(`0.${name}`, "")) };
+    return { prefix, inputs, warnings, recorded: (name) => persistently(() => bucket.put(`0.${name}`, "")) };
+  }
+
+  /** Publishes `count` deposits to shard 0 and starts consuming it; `taken` fills with the ids the shard is handed. */
+  async function publishAndConsume(inputs: ShardInputs, count: number) {
+    const sent = Array.from({ length: count }, () => deposit("a"));
+    for (const envelope of sent) await inputs.publish(0, envelope);
+    const taken: string[] = [];
+    const consumer = inputs.consume(0, async (envelope) => void taken.push(envelope.id));
+    return { sent, taken, consumer };
   }
 
   it("is made and deleted under the name a node recorded, and the shard's consumer then reads its inputs in order", {
     timeout: 900_000,
   }, async () => {
-    const { inputs, warnings, recorded } = await setUp();
-    const name = `${inputs.streamName.replace(/-inputs$/, "")}-in-0-${randomBytes(6).toString("hex")}`;
+    const { prefix, inputs, warnings, recorded } = await setUp();
+    const name = `${prefix}-in-0-${randomBytes(6).toString("hex")}`;
     // Each name recorded as a node records it, before it makes the consumer.
     await keptConsumer(inputs.streamName, inputs.subject(0), name, recorded);
-    const sent = Array.from({ length: 5 }, () => deposit("a"));
-    for (const envelope of sent) await inputs.publish(0, envelope);
-    const taken: string[] = [];
-    const consumer = inputs.consume(0, async (envelope) => void taken.push(envelope.id));
+    const { sent, taken, consumer } = await publishAndConsume(inputs, 5);
     try {
       await until("shard 0 took its inputs", () => taken.length >= sent.length, 120_000);
       expect(taken).toEqual(sent.map((e) => e.id));
@@ -155,10 +163,7 @@ describe("a consumer a restarted nats-server kept after its deletion", () => {
   }, async () => {
     const { inputs, warnings } = await setUp();
     await keptConsumer(inputs.streamName, inputs.subject(0), `not-recorded-${randomBytes(4).toString("hex")}`, async () => undefined);
-    const sent = Array.from({ length: 5 }, () => deposit("a"));
-    for (const envelope of sent) await inputs.publish(0, envelope);
-    const taken: string[] = [];
-    const consumer = inputs.consume(0, async (envelope) => void taken.push(envelope.id));
+    const { sent, taken, consumer } = await publishAndConsume(inputs, 5);
     try {
       await until("shard 0 took its inputs", () => taken.length >= sent.length, 120_000);
       const later = deposit("a");

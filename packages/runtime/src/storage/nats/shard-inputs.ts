@@ -668,7 +668,7 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
         failures++;
         refusedInARow = isNotUnique(err) ? refusedInARow + 1 : 0;
         if (refusedInARow === 0) clearedInARow = 0;
-        if (refusedInARow >= ghostClaimAfter) {
+        if (refusedInARow >= sweepAfterRefusals) {
           const swept = await clearUnlistedConsumers().catch((sweep: unknown) => {
             o.logger.warn(`shard ${o.shard}: clearing consumers of ${o.subject} that stream ${o.streamName} no longer lists failed`, {
               error: String(sweep),
@@ -679,7 +679,7 @@ function startConsumer(o: ConsumerOptions): InputConsumer {
           // more 5 s apart (several kept for one shard left its inputs unread for a minute in the storm). A second
           // apart and a few times at most: a deletion under way refuses a new consumer for a moment too.
           if (swept === "cleared" && ++clearedInARow <= maxClearedInARow) {
-            refusedInARow = ghostClaimAfter - 1;
+            refusedInARow = sweepAfterRefusals - 1;
             failures = 0;
             await sleep(1_000);
             continue;
@@ -802,10 +802,10 @@ function inputMessageId(envelope: Envelope): string {
 }
 
 /** JetStream's error code for a second consumer of a subject on a work-queue stream. */
-const workQueueConsumerNotUnique = 10100;
+export const workQueueConsumerNotUnique = 10100;
 
 /** Refusals in a row for another consumer of the subject after which the consumers it may be are cleared (see `clearUnlistedConsumers`). */
-const ghostClaimAfter = 3;
+const sweepAfterRefusals = 3;
 
 /** Sweeps in a row that each cleared a kept consumer, after which the next waits for three refusals again. */
 const maxClearedInARow = 8;
